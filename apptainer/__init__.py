@@ -1,0 +1,1 @@
+"""Container runtime glue used by the array script (installed as autoexp.apptainer)."""

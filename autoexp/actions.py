@@ -1,0 +1,121 @@
+"""Submitting and cancelling runs: the few things that change what the scheduler holds.
+
+Launch, retry (from the CLI or a sidecar rule), cancel, resume and the sidecar's hand-over all go
+through here, always with the state lock held by the caller, so that what is recorded in
+state.json is exactly what the scheduler accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from . import state as statefile
+from .errors import AutoexpError
+from .scheduler import Scheduler, Submission
+
+
+def compress(tasks: Iterable[int]) -> str:
+    """[0, 1, 2, 3, 5, 7, 8] -> "0-3,5,7-8" (an --array value)."""
+    parts, run = [], []
+    for task in sorted(set(tasks)):
+        if run and task == run[-1] + 1:
+            run.append(task)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [task]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def log_path(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
+    return str(Path(exp_dir) / "runs" / run_name / f"slurm-{array_job}_{task}.out")
+
+
+def submit_runs(exp_dir: Path, st: dict, sched: Scheduler, names: list[str], reason: str) -> list[str]:
+    """Submit ``names`` as one array per planned array script; record them; return the job ids.
+
+    Each run's attempt number is one more than its attempts so far. On a refused submission the
+    arrays this call already submitted are cancelled and the error is raised: the caller's state
+    is then not written, so nothing is recorded as submitted.
+    """
+    exp_dir = Path(exp_dir)
+    plan = st["plan"]
+    throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
+    submitted: list[str] = []
+    try:
+        previous = None
+        for array in plan["arrays"]:
+            lo, hi = array["offset"], array["offset"] + array["count"]
+            chosen = sorted((st["runs"][n]["index"], n) for n in names if lo <= st["runs"][n]["index"] < hi)
+            if not chosen:
+                continue
+            attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
+            tasks = [index - lo for index, _ in chosen]
+            spec = compress(tasks) + throttle
+            env = {}
+            if any(a != 1 for a in attempts.values()):
+                common = max(set(attempts.values()), key=list(attempts.values()).count)
+                env["AUTOEXP_ATTEMPTS"] = " ".join(
+                    [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
+            options = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
+                array.get("after_previous") and previous else []
+            job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
+                                             options=options))
+            submitted.append(job_id)
+            previous = job_id
+            _record_array(exp_dir, st, job_id, array, chosen, attempts, spec, reason)
+    except BaseException:
+        if submitted:
+            try:
+                sched.cancel(submitted)
+            except AutoexpError:
+                pass
+        raise
+    return submitted
+
+
+def _record_array(exp_dir, st, job_id, array, chosen, attempts, spec, reason) -> None:
+    when = statefile.now()
+    st["arrays"].append({"job_id": job_id, "tasks": spec.split("%")[0], "attempt": max(attempts.values()),
+                         "script": array["script"], "offset": array["offset"], "submitted": when,
+                         "reason": reason})
+    for index, name in chosen:
+        task = index - array["offset"]
+        run = st["runs"][name]
+        attempt = {"attempt": attempts[index], "job_id": f"{job_id}_{task}", "state": "PENDING",
+                   "submitted": when, "started": None, "completed": None, "elapsed_s": None,
+                   "exit_code": None, "nodes": None, "log": log_path(exp_dir, name, job_id, task)}
+        run["attempts"].append(attempt)
+        run.update(state="PENDING", job_id=attempt["job_id"], submitted=when, started=None,
+                   completed=None, elapsed_s=None, exit_code=None, nodes=None)
+    kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
+    statefile.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,
+                  Runs=len(chosen) if len(chosen) > 5 else ", ".join(n for _, n in chosen),
+                  Attempt=max(attempts.values()), Reason=None if reason == "launch" else reason)
+
+
+def submit_sidecar(exp_dir: Path, st: dict, sched: Scheduler, options: tuple = (), reason: str = "launch") -> str:
+    """Submit the sidecar job and record it as the experiment's sidecar."""
+    job_id = sched.submit(Submission(Path(exp_dir) / st["plan"]["sidecar"], options=options))
+    st["sidecar"] = {"job_id": job_id, "submitted": statefile.now(), "host": None, "heartbeat": None,
+                     "reason": reason}
+    statefile.log(st, "SUBMIT_SIDECAR", f"job {job_id}", Reason=reason if reason != "launch" else None)
+    return job_id
+
+
+def cancel_runs(st: dict, sched: Scheduler, names: list[str], reason: str) -> list[str]:
+    """Cancel the current attempt of ``names``; they are marked CANCELLED and never retried."""
+    ids = [st["runs"][n]["job_id"] for n in names if st["runs"][n].get("job_id")]
+    sched.cancel(ids)
+    when = statefile.now()
+    for name in names:
+        run = st["runs"][name]
+        previous = run["state"]
+        run.update(state="CANCELLED", completed=run.get("completed") or when, cancelled=reason)
+        if run["attempts"]:
+            run["attempts"][-1].update(state="CANCELLED", completed=run["attempts"][-1].get("completed") or when)
+        statefile.log(st, "CANCEL", name, when, Previous=previous, Reason=reason)
+    return ids

@@ -1,0 +1,279 @@
+"""Planning: a config becomes an experiment directory with every script rendered, nothing submitted.
+
+:func:`build` renders everything in memory (so errors surface before anything is written) and
+:meth:`Plan.write` creates the directory in one step: it is assembled under a temporary name
+and renamed into place, so an error or a kill never leaves a half-written experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from . import render, state as statefile, sweep
+from .config import Config
+from .errors import InputError
+
+ARRAY_TEMPLATE = "array.sbatch.j2"
+SIDECAR_TEMPLATE = "sidecar.sbatch.j2"
+TASKS_TEMPLATE = "tasks.sh.j2"
+
+
+@dataclass
+class ArrayPlan:
+    """One Slurm array: runs ``offset`` .. ``offset + count - 1`` as task ids ``0 .. count - 1``."""
+
+    script: str
+    offset: int
+    count: int
+    spec: str  # the --array value, "0-7%4"
+    after_previous: bool = False  # split arrays run one after the other to keep max_parallel exact
+
+    def to_json(self) -> dict:
+        return {"script": self.script, "offset": self.offset, "count": self.count, "spec": self.spec,
+                "after_previous": self.after_previous}
+
+
+@dataclass
+class Plan:
+    config: Config
+    exp_dir: Path
+    scheduler: str
+    runs: list[sweep.Run]
+    arrays: list[ArrayPlan]
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> content
+
+    def write(self) -> Path:
+        """Create the experiment directory atomically; refuse to replace a launched experiment."""
+        final = self.exp_dir
+        final.parent.mkdir(parents=True, exist_ok=True)
+        old_state = final / statefile.STATE
+        if final.exists():
+            if not old_state.exists():
+                if any(final.iterdir()):
+                    raise self.config.error(
+                        "name", f"{final} exists and is not an autoexp experiment; choose another name")
+            elif statefile.read(final).get("arrays"):
+                raise self.config.error(
+                    "name", f"experiment {final} was already launched; use another name, or "
+                    "`autoexp retry`/`autoexp resume` on it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.planning-", dir=final.parent))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)
+            self._populate(tmp)
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.replaced-", dir=final.parent))
+                final.rename(trash / "old")
+                tmp.rename(final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _populate(self, root: Path) -> None:
+        for rel, content in self.files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(content)
+            if rel.endswith(".sbatch"):
+                (root / rel).chmod(0o755)
+        runs_dir = root / "runs"
+        runs_dir.mkdir(exist_ok=True)
+        for run in self.runs:
+            (runs_dir / run.name).mkdir()
+        # Slurm names a task's log by its array and task id only; these links let --output put it
+        # straight into the run's own directory: .index/<array k>/<task> -> ../../runs/<name>.
+        for k, array in enumerate(self.arrays):
+            index_dir = root / ".index" / str(k)
+            index_dir.mkdir(parents=True)
+            for task in range(array.count):
+                (index_dir / str(task)).symlink_to(Path("..", "..", "runs", self.runs[array.offset + task].name))
+        (root / "logs").mkdir()
+        st = statefile.new(self.config.name, self.runs, self.exp_dir, self.scheduler)
+        st["plan"] = {"arrays": [a.to_json() for a in self.arrays], "sidecar": "sidecar.sbatch",
+                      "max_parallel": self.config.get("max_parallel")}
+        statefile.write(root, st)
+
+    def submissions_text(self) -> str:
+        """What launch would run, for --dry-run."""
+        lines = [f"experiment {self.config.name}: {len(self.runs)} runs in {len(self.arrays)} "
+                 f"array(s) + 1 sidecar, directory {self.exp_dir}"]
+        for array in self.arrays:
+            lines.append(f"  sbatch --parsable --array={array.spec} {self.exp_dir / array.script}")
+        lines.append(f"  sbatch --parsable {self.exp_dir / 'sidecar.sbatch'}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- rendering
+
+def sbatch_lines(options: dict) -> list[str]:
+    """``{"cpus-per-task": 8, "exclusive": True, "qos": None}`` -> ``["--cpus-per-task=8", "--exclusive"]``."""
+    lines = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            lines.append(f"--{key}")
+            continue
+        text = str(value)
+        lines.append(f'--{key}="{text}"' if any(c.isspace() for c in text) else f"--{key}={text}")
+    return lines
+
+
+def slurm_output(directory: Path, pattern: str, config: Config) -> str:
+    """An --output value: ``directory`` must be literal for Slurm, ``pattern`` may use %A, %a, %j."""
+    text = str(directory)
+    if any(c in text for c in '%"\n'):
+        raise config.error("output_dir", f"{text!r}: Slurm cannot write logs to a path with %, \" "
+                           "or a newline in it")
+    text = f"{text}/{pattern}"
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def environment() -> jinja2.Environment:
+    stock = str(resources.files("autoexp.templates"))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(stock), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def _template(env: jinja2.Environment, config: Config, key: str, default: str) -> tuple[jinja2.Template, tuple]:
+    """The stock template ``default``, or the user's file named by config key ``key``."""
+    user = config.get(key)
+    if not user:
+        return env.get_template(default), ("", f"templates/{default}")
+    path = Path(user).expanduser()
+    if not path.is_absolute():
+        path = Path(config.source).parent / path
+    where = config.where(key)
+    try:
+        return env.from_string(path.read_text()), (str(path), key)
+    except OSError as err:
+        raise InputError(f"cannot read template {str(path)!r}: {err.strerror}", *where) from None
+    except jinja2.TemplateSyntaxError as err:
+        raise InputError(f"template syntax error line {err.lineno}: {err.message}", str(path), key) from None
+
+
+def _render(template: jinja2.Template, context: dict, where: tuple) -> str:
+    try:
+        return template.render(context)
+    except jinja2.UndefinedError as err:
+        raise InputError(render._undefined_message(str(err.message), context), *where) from None
+    except jinja2.TemplateError as err:
+        raise InputError(f"template error: {err}", *where) from None
+
+
+def task_context(config: Config, run: sweep.Run, exp_dir: Path) -> dict:
+    """What ``command``, ``env`` and ``setup`` templates see for one run."""
+    return {**run.params, "run_name": run.name, "run_index": run.index,
+            "run_dir": str(exp_dir / "runs" / run.name), "exp_dir": str(exp_dir),
+            "config_dir": str(Path(config.source).absolute().parent),
+            "attempt": render.ShellVar("AUTOEXP_ATTEMPT")}
+
+
+def render_task(config: Config, run: sweep.Run, exp_dir: Path) -> dict:
+    context = task_context(config, run, exp_dir)
+    command = render.render(config["command"], context, "line", config.where("command")).strip()
+    if not command:
+        raise config.error("command", "renders to an empty command")
+    return {
+        "index": run.index, "name": run.name, "dir": context["run_dir"], "command": command,
+        "env": [(key, render.render(str(value), context, "word", config.where(f"env.{key}")))
+                for key, value in config["env"].items()],
+        "setup": [render.render(line, context, "line", config.where(f"setup[{i}]"))
+                  for i, line in enumerate(config["setup"])],
+    }
+
+
+def split(n_runs: int, max_array_size: int, max_parallel: int | None) -> list[ArrayPlan]:
+    """One array if it fits under MaxArraySize, else consecutive arrays of at most that size."""
+    throttle = f"%{max_parallel}" if max_parallel else ""
+    arrays = []
+    for k, offset in enumerate(range(0, n_runs, max_array_size)):
+        count = min(max_array_size, n_runs - offset)
+        arrays.append(ArrayPlan(script="", offset=offset, count=count, spec=f"0-{count - 1}{throttle}",
+                                after_previous=bool(max_parallel) and k > 0))
+    for k, array in enumerate(arrays):
+        array.script = "array.sbatch" if len(arrays) == 1 else f"array_{k}.sbatch"
+    return arrays
+
+
+def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
+    """Render every file of the experiment in memory; raises InputError on any template problem."""
+    exp_dir = config.exp_dir
+    runs = sweep.expand(config, exp_dir)
+    tasks = [render_task(config, run, exp_dir) for run in runs]
+    arrays = split(len(runs), max_array_size, config.get("max_parallel"))
+    env = environment()
+    plan = Plan(config, exp_dir, scheduler_name, runs, arrays)
+    common = {"name": config.name, "exp_dir": str(exp_dir), "python": config.get("python") or sys.executable}
+
+    tasks_template = env.get_template(TASKS_TEMPLATE)
+    plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
+
+    array_template, where = _template(env, config, "template", ARRAY_TEMPLATE)
+    slurm_options = {"job-name": f"autoexp-{config.name}", **config["slurm"]}
+    for k, array in enumerate(arrays):
+        context = {**common, **container_context(config), "config": config.data,
+                   "job_name": slurm_options["job-name"], "array": array.spec, "offset": array.offset,
+                   "output": slurm_output(exp_dir / ".index" / str(k), "%a/slurm-%A_%a.out", config),
+                   "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm_options.items() if k2 != "job-name"}),
+                   "n_runs": len(runs), "requeue": config.get("requeue") or {}}
+        plan.files[array.script] = _render(array_template, context, where)
+
+    plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)
+    plan.files["config.yaml"] = config.to_yaml()
+    plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs], indent=1) + "\n"
+    return plan
+
+
+def sidecar_options(config: Config) -> dict:
+    options = {k: v for k, v in config["sidecar"].items() if k not in ("mode", "handover")}
+    mail = (config.get("notify") or {}).get("mail")
+    if mail:
+        options.update({"mail-type": "END", "mail-user": mail})
+    return {"job-name": f"autoexp-sidecar-{config.name}", **options}
+
+
+def render_sidecar(env: jinja2.Environment, config: Config, common: dict) -> str:
+    options = sidecar_options(config)
+    context = {**common, "job_name": options.pop("job-name"),
+               "output": slurm_output(Path(common["exp_dir"]) / "logs", "sidecar-%j.out", config),
+               "sbatch_lines": sbatch_lines(options), "sidecar_args": "",
+               "mode": config["sidecar"].get("mode", "job")}
+    template, where = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)
+    return _render(template, context, where)
+
+
+def container_context(config: Config) -> dict:
+    """``container`` and ``container_exec`` for the array template (the exec line is built by the
+    runtime glue in ``apptainer/``)."""
+    container = config.get("container") or {}
+    if not container.get("image"):
+        return {"container": None, "container_exec": ""}
+    glue = Path(str(resources.files("autoexp.apptainer"))) / "exec.sh"
+    words = [str(glue), "--image", container["image"]]
+    if container.get("runtime"):
+        words += ["--runtime", container["runtime"]]
+    if container.get("gpu") and container["gpu"] != "none":
+        words += ["--gpu", container["gpu"]]
+    for bind in container.get("binds") or []:
+        words += ["--bind", bind]
+    for option in container.get("options") or []:
+        words += ["--option", option]
+    return {"container": container, "container_exec": shlex.join(words) + " --"}

@@ -1,0 +1,104 @@
+"""Jinja rendering with the three quoting rules autoexp needs.
+
+* ``line``: shell text written by the user (``command``, ``setup``); every ``{{ value }}`` is
+  shell-quoted, so a parameter like ``x"; rm -rf ~; echo "`` reaches the program as one argument.
+* ``word``: a value that becomes one shell word (``env`` values): the whole result is quoted.
+* ``plain``: text that is not shell (``run_name``).
+
+``attempt`` is only known when a task starts, so it renders as a reference to ``$AUTOEXP_ATTEMPT``.
+All environments use StrictUndefined: a misspelt variable is an error at plan time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+
+from .errors import InputError
+
+
+class ShellVar:
+    """A value known only inside the running task; renders as ``"${NAME}"``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"${{{self.name}}}"
+
+
+_SENTINEL = "\x00{}\x00"
+_SENTINEL_RE = re.compile("\x00([A-Za-z_][A-Za-z0-9_]*)\x00")
+
+
+def _finalize_line(value: Any) -> str:
+    if isinstance(value, ShellVar):
+        return f'"{value}"'
+    return shlex.quote(_text(value))
+
+
+def _finalize_word(value: Any) -> str:
+    return _SENTINEL.format(value.name) if isinstance(value, ShellVar) else _text(value)
+
+
+def _finalize_plain(value: Any) -> str:
+    if isinstance(value, ShellVar):
+        raise jinja2.UndefinedError(f"'{value.name}' is only known when the task runs")
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _environment(finalize) -> jinja2.Environment:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, finalize=finalize,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+ENVIRONMENTS = {"line": _environment(_finalize_line), "word": _environment(_finalize_word),
+                "plain": _environment(_finalize_plain)}
+
+
+@lru_cache(maxsize=512)
+def _compile(mode: str, source: str) -> jinja2.Template:
+    return ENVIRONMENTS[mode].from_string(source)
+
+
+def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str:
+    """Render ``source``; template errors become an InputError at ``where`` = (file, key)."""
+    try:
+        out = _compile(mode, source).render(context)
+    except jinja2.UndefinedError as err:
+        raise InputError(_undefined_message(str(err.message), context), *where) from None
+    except jinja2.TemplateSyntaxError as err:
+        raise InputError(f"template syntax error: {err.message}", *where) from None
+    except Exception as err:  # a filter or expression failing on a value
+        raise InputError(f"template error: {err}", *where) from None
+    if mode == "word":
+        out = _SENTINEL_RE.sub(r"'\"${\1}\"'", shlex.quote(out))
+    return out
+
+
+def _undefined_message(message: str, context: dict) -> str:
+    match = re.search(r"'([^']+)' is undefined", message)
+    if not match:
+        return message
+    name = match.group(1)
+    guess = difflib.get_close_matches(name, [k for k in context if not k.startswith("_")], n=1)
+    hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known: {', '.join(sorted(context))})"
+    return f"undefined variable '{name}'{hint}"
+
+
+def check_syntax(source: str, where: tuple[str, str]) -> None:
+    try:
+        _compile("plain", source)
+    except jinja2.TemplateSyntaxError as err:
+        raise InputError(f"template syntax error: {err.message}", *where) from None

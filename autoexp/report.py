@@ -1,0 +1,153 @@
+"""The human views of state.json: ``experiment_summary.md`` and ``events.log``.
+
+Both are derived from the state alone. ``events.log`` grows by appending the history entries it
+does not hold yet; the state records how many entries and bytes the file should have, so a crash
+between the two writes is noticed and the file is rebuilt whole from the history (never shortened).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROBLEM_STATES = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                  "PREEMPTED", "CANCELLED")
+
+
+def human_time(iso: str | None) -> str:
+    return iso.replace("T", " ").rstrip("Z") if iso else "-"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{value}{unit}" for value, unit in parts[:3])
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def latest_event(run: dict) -> str:
+    if not run.get("events"):
+        return ""
+    event = run["events"][-1]
+    groups = ", ".join(f"{k}={v}" for k, v in (event.get("groups") or {}).items())
+    return f"{event['name']}" + (f" ({groups})" if groups else "")
+
+
+def run_log(run: dict) -> str | None:
+    attempts = run.get("attempts") or []
+    return attempts[-1].get("log") if attempts else None
+
+
+def notes(run: dict, exp_dir: str = "") -> str:
+    """The Notes column: elapsed, allocations, last metrics, latest event, and for a failure its log."""
+    parts = []
+    if run.get("elapsed_s") is not None:
+        parts.append(human_duration(run["elapsed_s"]))
+    attempts = run.get("attempts") or []
+    if len(attempts) > 1:
+        parts.append(f"{len(attempts)} allocations")
+    metrics = run.get("metrics") or {}
+    if metrics:
+        parts.append(" ".join(f"{k}={format_value(v)}" for k, v in metrics.items()))
+    event = latest_event(run)
+    if event:
+        parts.append(event)
+    if run["state"] in PROBLEM_STATES:
+        log = run_log(run)
+        if log:
+            parts.append(f"log: {os.path.relpath(log, exp_dir) if exp_dir else log}")
+        if run.get("exit_code") and run["exit_code"] != "0:0":
+            parts.append(f"exit {run['exit_code']}")
+    return "; ".join(parts) or "-"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def counts_line(state: dict) -> str:
+    total = len(state["runs"])
+    counts = ", ".join(f"{n} {s}" for s, n in state["counts"].items())
+    return f"{total} runs: {counts}"
+
+
+def summary(state: dict) -> str:
+    exp_dir = state.get("exp_dir", "")
+    lines = [f"# Experiment: {state['experiment']}", "",
+             f"Updated {human_time(state['updated'])} UTC. {counts_line(state)}."]
+    sidecar = state.get("sidecar") or {}
+    if sidecar.get("job_id"):
+        lines.append(f"Sidecar job {sidecar['job_id']}, last heartbeat "
+                     f"{human_time(sidecar.get('heartbeat'))} UTC.")
+    arrays = ", ".join(f"{a['job_id']} (tasks {a['tasks']}, attempt {a['attempt']})"
+                       for a in state.get("arrays", []))
+    if arrays:
+        lines.append(f"Arrays: {arrays}.")
+    lines += ["", "## Runs", "",
+              "| Run Name | Status | Job ID | Started | Completed | Notes |",
+              "|----------|--------|--------|---------|-----------|-------|"]
+    for name, run in sorted(state["runs"].items(), key=lambda item: item[1]["index"]):
+        lines.append(f"| {_cell(name)} | {run['state']} | {run.get('job_id') or '-'} | "
+                     f"{human_time(run.get('started'))} | {human_time(run.get('completed'))} | "
+                     f"{_cell(notes(run, exp_dir))} |")
+    if state.get("done"):
+        lines += ["", "## Final status", ""]
+        by_state: dict[str, list[str]] = {}
+        for name, run in sorted(state["runs"].items(), key=lambda item: item[1]["index"]):
+            by_state.setdefault(run["state"], []).append(
+                f"  - {name} (job {run.get('job_id') or '-'}) - {human_duration(run.get('elapsed_s'))}")
+        for run_state, entries in by_state.items():
+            mark = "✓" if run_state == "COMPLETED" else "✗"
+            lines += [f"{mark} {run_state}: {len(entries)} runs", *entries, ""]
+        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out`; events in `events.log`.")
+    return "\n".join(lines) + "\n"
+
+
+def event_block(entry: dict) -> str:
+    head = f"[{human_time(entry['time'])}] {entry['kind']}: {entry['subject']}"
+    details = entry.get("details") or {}
+    return "\n".join([head] + [f"{k[:1].upper()}{k[1:]}: {v}" for k, v in details.items()]) + "\n\n"
+
+
+def events_update(file: Path, state: dict) -> tuple[str, bool]:
+    """The text events.log lacks, and whether the file must be rebuilt whole.
+
+    Updates the state's record of what the file holds; write the state before applying it, so a
+    crash in between shows up as a size mismatch next time (and the file is rebuilt).
+    """
+    history = state["history"]
+    mark = state.setdefault("events_log", {"entries": 0, "bytes": 0})
+    try:
+        size = os.path.getsize(file)
+    except FileNotFoundError:
+        size = -1
+    rebuild = size != mark["bytes"] or mark["entries"] > len(history)
+    start = 0 if rebuild else mark["entries"]
+    text = "".join(event_block(e) for e in history[start:])
+    mark["entries"] = len(history)
+    mark["bytes"] = (0 if rebuild else size) + len(text.encode())
+    return text, rebuild
+
+
+def events_apply(file: Path, text: str, rebuild: bool) -> None:
+    from .state import atomic_write
+
+    if rebuild:
+        atomic_write(file, text)
+    elif text:
+        with open(file, "a") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())

@@ -1,0 +1,103 @@
+"""The one small interface autoexp needs from a scheduler, with Slurm and local implementations.
+
+Everything above this module (plan, launch, the sidecar, status) talks to a :class:`Scheduler`
+and never to ``sbatch`` or a process directly, so the same sidecar drives a real cluster or a
+laptop. Records use Slurm's words for states and Slurm's ``<array>_<task>`` job ids.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# States after which a job will not change again (REQUEUED and PREEMPTED may come back).
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                      "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"})
+ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+                    "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED",
+                    "RESV_DEL_HOLD"})
+
+
+@dataclass
+class JobRecord:
+    """One allocation of one job or array task, as accounting reports it."""
+
+    job_id: str  # "123_4" for an array task, "123" for a plain job
+    state: str  # Slurm's word: PENDING, RUNNING, COMPLETED, CANCELLED, ...
+    array_job: str | None = None  # "123" for an array task
+    task: int | None = None  # 4 for "123_4"
+    raw_id: str = ""  # the task's own job id (JobIDRaw), unique per task
+    submitted: str | None = None  # UTC ISO 8601
+    started: str | None = None
+    completed: str | None = None
+    elapsed_s: int | None = None
+    exit_code: str | None = None
+    nodes: str | None = None
+    reason: str = ""  # what follows the state, e.g. "by 1000" in "CANCELLED by 1000"
+    restarts: int = 0  # how many times Slurm requeued it before this record
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass
+class Submission:
+    """What to submit: a script, the array's task ids (or None for a plain job), and extra env."""
+
+    script: Path
+    array: str | None = None  # "0-7%4", "3,17,42%4"
+    env: Mapping[str, str] = field(default_factory=dict)
+    options: Sequence[str] = ()  # extra sbatch options, e.g. ("--begin=now+60",)
+
+
+class Scheduler(abc.ABC):
+    """A batch scheduler seen from one experiment directory."""
+
+    name: str = ""
+
+    def __init__(self, exp_dir: Path):
+        self.exp_dir = Path(exp_dir)
+
+    @abc.abstractmethod
+    def submit(self, sub: Submission) -> str:
+        """Submit and return the job id; raise SchedulerError with the scheduler's words."""
+
+    @abc.abstractmethod
+    def query(self, job_ids: Sequence[str], since: dt.datetime) -> list[JobRecord]:
+        """Every allocation of these jobs (and their array tasks) since ``since``, in one call."""
+
+    @abc.abstractmethod
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel jobs or array tasks (``123`` or ``123_4``); unknown or finished ids are ignored."""
+
+    @abc.abstractmethod
+    def max_array_size(self) -> int:
+        """Task ids of one array must be below this."""
+
+    def requeue(self, job_ids: Sequence[str]) -> None:
+        raise NotImplementedError(f"the {self.name} scheduler cannot requeue")
+
+
+def get(name: str, exp_dir: Path) -> Scheduler:
+    if name == "slurm":
+        from .slurm import SlurmScheduler
+        return SlurmScheduler(exp_dir)
+    if name == "local":
+        from .local import LocalScheduler
+        return LocalScheduler(exp_dir)
+    raise ValueError(f"unknown scheduler {name!r}")
+
+
+def default_name() -> str:
+    """Slurm when ``sbatch`` is on PATH, else the local backend (``AUTOEXP_SCHEDULER`` overrides)."""
+    import os
+    import shutil
+
+    forced = os.environ.get("AUTOEXP_SCHEDULER")
+    if forced:
+        return forced
+    return "slurm" if shutil.which("sbatch") else "local"

@@ -1,0 +1,106 @@
+"""Site configs: what differs between clusters (partitions, accounts, modules, container runtime).
+
+A site is a YAML file with the same keys as a config (minus the experiment's own), found by name
+in ``$AUTOEXP_SITE_PATH`` directories, then ``~/.config/autoexp/sites``, then the stock
+``site_configs/``; or given as a path. ``extends: other`` merges this site over another one.
+With no site named, the first stock site whose ``hostnames`` globs match this host is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import socket
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import InputError
+
+FALLBACK = "generic"
+META_KEYS = ("description", "extends", "hostnames")
+
+
+@dataclass
+class Site:
+    name: str
+    values: dict  # config keys this site sets (already merged over what it extends)
+    source: str  # the file that defined it, for error messages
+
+
+def stock_dir() -> Path:
+    return Path(str(resources.files("autoexp.site_configs")))
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("AUTOEXP_SITE_PATH", "").split(os.pathsep) if p]
+    return [*extra, Path.home() / ".config" / "autoexp" / "sites", stock_dir()]
+
+
+def available() -> list[str]:
+    names = {p.stem for d in search_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def _is_path(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or os.sep in name
+
+
+def _find(name: str, base_dir: Path, where: tuple[str, str]) -> Path:
+    if _is_path(name):
+        for candidate in (base_dir / name, Path(name)):
+            if candidate.expanduser().is_file():
+                return candidate.expanduser()
+        raise InputError(f"site file {name!r} not found", *where)
+    for directory in search_dirs():
+        candidate = directory / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    guess = difflib.get_close_matches(name, available(), n=1)
+    hint = f"did you mean '{guess[0]}'?" if guess else f"known sites: {', '.join(available())}"
+    raise InputError(f"unknown site {name!r} ({hint})", *where)
+
+
+def load(name: str, base_dir: Path = Path("."), where: tuple[str, str] = ("", "site"),
+         _seen: tuple[str, ...] = ()) -> Site:
+    """The site ``name`` (a name or a path) with everything it extends merged under it."""
+    from . import config  # config validates sites with its own schema
+
+    path = _find(name, base_dir, where)
+    resolved = str(path.resolve())
+    if resolved in _seen:
+        raise InputError(f"site {name!r} extends itself in a cycle", str(path), "extends")
+    raw = config.read_yaml(path, "site config")
+    try:
+        values = config.SITE(raw, "")
+    except config._Invalid as err:
+        raise InputError(err.message, str(path), err.path) from None
+    parent_name = values.get("extends")
+    own = {k: v for k, v in values.items() if k not in META_KEYS}
+    if parent_name:
+        parent = load(parent_name, path.parent, (str(path), "extends"), (*_seen, resolved))
+        own = config.merge(parent.values, own, {}, str(path))
+    return Site(str(path.resolve()) if _is_path(name) else name, own, str(path))
+
+
+def detect(hostname: str | None = None) -> str:
+    """The stock site whose ``hostnames`` patterns match this machine, else the generic one."""
+    from . import config
+
+    host = hostname or socket.getfqdn()
+    short = host.split(".")[0]
+    for name in available():
+        for directory in search_dirs():
+            path = directory / f"{name}.yaml"
+            if path.is_file():
+                break
+        try:
+            patterns = config.read_yaml(path, "site config").get("hostnames") or []
+        except InputError:
+            continue
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if any(fnmatch.fnmatch(h, str(p)) for p in patterns for h in (host, short)):
+            return name
+    return FALLBACK

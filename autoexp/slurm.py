@@ -1,0 +1,145 @@
+"""The Slurm scheduler: ``sbatch``, ``sacct``, ``scancel`` and ``scontrol``, each with a timeout.
+
+``sacct`` is asked for UTC (``TZ=UTC``) in ``--parsable2`` form, so the parser deals only with
+Slurm's own quirks: collapsed pending ranges (``123_[4-999%16]``), steps (``123_4.batch``),
+``CANCELLED by 1000``, and the older allocations of requeued jobs (``--duplicates``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+from functools import lru_cache
+from typing import Sequence
+
+from .errors import SchedulerError
+from .scheduler import JobRecord, Scheduler, Submission
+
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
+                "NodeList")
+TIMEOUTS = {"sbatch": 120, "sacct": 120, "scancel": 60, "scontrol": 30}
+_ARRAY_ID = re.compile(r"^(\d+)_(\d+)$")
+_ARRAY_PENDING = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
+
+
+def run(argv: Sequence[str], env: dict | None = None, timeout: float | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run a Slurm command; a failure or timeout becomes a SchedulerError quoting its stderr."""
+    tool = os.path.basename(argv[0])
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                              timeout=timeout or TIMEOUTS.get(tool, 60), stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SchedulerError(f"{tool} not found on PATH: is this a Slurm login node?") from None
+    except subprocess.TimeoutExpired as err:
+        raise SchedulerError(f"{tool} did not answer within {err.timeout:.0f}s") from None
+    if check and proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().replace("\n", " | ")
+        raise SchedulerError(f"{tool} failed (exit {proc.returncode}): {message}")
+    return proc
+
+
+def utc_env() -> dict:
+    return {**os.environ, "TZ": "UTC", "SLURM_TIME_FORMAT": "%Y-%m-%dT%H:%M:%S"}
+
+
+class SlurmScheduler(Scheduler):
+    name = "slurm"
+
+    def submit(self, sub: Submission) -> str:
+        argv = ["sbatch", "--parsable", *sub.options]
+        if sub.array is not None:
+            argv.append(f"--array={sub.array}")
+        argv.append(str(sub.script))
+        env = {**os.environ, **sub.env}
+        proc = run(argv, env=env, check=False)
+        if proc.returncode != 0:
+            message = (proc.stderr or proc.stdout).strip().replace("\n", " | ")
+            raise SchedulerError(f"sbatch refused {sub.script.name}: {message}")
+        job_id = proc.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SchedulerError(f"sbatch printed no job id for {sub.script.name}: {proc.stdout!r}")
+        return job_id
+
+    def query(self, job_ids: Sequence[str], since: dt.datetime) -> list[JobRecord]:
+        if not job_ids:
+            return []
+        argv = ["sacct", "--noheader", "--parsable2", "--duplicates", "--allocations",
+                f"--format={','.join(SACCT_FIELDS)}", f"--jobs={','.join(job_ids)}",
+                f"--starttime={since.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"]
+        return parse_sacct(run(argv, env=utc_env()).stdout)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            proc = run(["scancel", *job_ids], check=False)
+            # scancel complains about ids that already finished; that is not a failure for us.
+            if proc.returncode != 0 and "Invalid job id" not in proc.stderr \
+                    and "already completing or completed" not in proc.stderr:
+                raise SchedulerError(f"scancel failed: {proc.stderr.strip()}")
+
+    def requeue(self, job_ids: Sequence[str]) -> None:
+        run(["scontrol", "requeue", ",".join(job_ids)])
+
+    def max_array_size(self) -> int:
+        return cluster_max_array_size()
+
+
+@lru_cache(maxsize=1)
+def cluster_max_array_size() -> int:
+    out = run(["scontrol", "show", "config"]).stdout
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    return int(match.group(1)) if match else 1001
+
+
+# --------------------------------------------------------------------------- sacct parsing
+
+def _time(text: str) -> str | None:
+    if not text or text in ("Unknown", "None", "N/A"):
+        return None
+    return text + "Z" if re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$", text) else text
+
+
+def expand_range(spec: str) -> list[int]:
+    """``4-9%2`` or ``1,3,5-7`` -> task ids (the ``%N`` throttle is dropped)."""
+    spec = spec.split("%")[0]
+    tasks: list[int] = []
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        tasks.extend(range(int(lo), int(hi or lo) + 1))
+    return tasks
+
+
+def parse_sacct(text: str) -> list[JobRecord]:
+    """Records from ``sacct --parsable2`` output with :data:`SACCT_FIELDS`; steps are dropped."""
+    records = []
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < len(SACCT_FIELDS):
+            continue
+        job_id, raw_id, state, submit, start, end, elapsed, exit_code, nodes = cols[:9]
+        if "." in job_id:  # a step (123.batch, 123_4.0): the allocation row already says it all
+            continue
+        state, _, reason = state.partition(" ")
+        common = dict(state=state, reason=reason, submitted=_time(submit), started=_time(start),
+                      completed=_time(end) if state not in ("PENDING", "RUNNING") else None,
+                      elapsed_s=int(elapsed) if elapsed.isdigit() else None,
+                      exit_code=exit_code or None,
+                      nodes=nodes if nodes and nodes != "None assigned" else None)
+        if state == "PENDING":
+            common["started"] = None
+        pending = _ARRAY_PENDING.match(job_id)
+        if pending:
+            array_job = pending.group(1)
+            for task in expand_range(pending.group(2)):
+                records.append(JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task,
+                                         raw_id=raw_id, **common))
+            continue
+        task = _ARRAY_ID.match(job_id)
+        if task:
+            records.append(JobRecord(job_id=job_id, array_job=task.group(1), task=int(task.group(2)),
+                                     raw_id=raw_id, **common))
+        else:
+            records.append(JobRecord(job_id=job_id.split("+")[0], raw_id=raw_id, **common))
+    return records

@@ -1,0 +1,413 @@
+#!/usr/bin/env bash
+# Install and start a single-host Slurm 22.05 test cluster with slurmdbd
+# accounting (Debian 12, run as root, no systemd needed).
+#
+# Idempotent: when everything is already up this only checks and exits
+# quickly; daemons that are dead (e.g. after a reboot) are restarted; when
+# the generated configuration changed, the Slurm daemons are restarted.
+#
+# Layout: two virtual nodes (node1, node2; 8 CPUs each, overstated on purpose)
+# served by two slurmd processes on this host (Debian's slurmd is built with
+# multiple-slurmd support), partitions "debug" (default) and "small".
+#
+# Environment overrides (all optional):
+#   AUTOEXP_CLUSTER_NAME   cluster name             (default autoexp-local)
+#   AUTOEXP_TEST_USER      unprivileged test user   (default autoexp-test)
+#   AUTOEXP_EXTRA_USERS    space separated extra local users to add to sacctmgr
+#   AUTOEXP_WAIT           seconds to wait for each daemon (default 60)
+set -euo pipefail
+
+CLUSTER_NAME=${AUTOEXP_CLUSTER_NAME:-autoexp-local}
+TEST_USER=${AUTOEXP_TEST_USER:-autoexp-test}
+EXTRA_USERS=${AUTOEXP_EXTRA_USERS:-}
+WAIT=${AUTOEXP_WAIT:-60}
+ACCOUNT=autoexp
+NODES=(node1 node2)
+NODE_PORTS=(17001 17002)
+NODE_CPUS=8
+NODE_MEM=16000
+NODELIST="node[1-2]"
+
+SLURM_ETC=/etc/slurm
+SLURM_CONF=$SLURM_ETC/slurm.conf
+SLURMDBD_CONF=$SLURM_ETC/slurmdbd.conf
+LOGDIR=/var/log/slurm
+RUNDIR=/run/slurm
+DB_NAME=slurm_acct_db
+DB_USER=slurm
+MYSQL_LOG=/var/log/mysql/error.log
+PACKAGES=(slurm-wlm slurmdbd munge mariadb-server)
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+T0=$(date +%s)
+
+say()  { printf '[cluster %3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die()  { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+show_log() {  # show_log FILE...: print the tail of log files to stderr
+    local f
+    for f in "$@"; do
+        if [[ -s $f ]]; then
+            printf -- '----- tail of %s -----\n' "$f" >&2
+            tail -n 25 "$f" >&2
+        fi
+    done
+}
+fail() {  # fail MESSAGE LOGFILE...
+    local msg=$1; shift
+    show_log "$@"
+    die "$msg"
+}
+# wait_for SECONDS CMD...: poll CMD (quietly) every 0.5s until it succeeds.
+wait_for() {
+    local secs=$1; shift
+    local end=$(( $(date +%s) + secs ))
+    while :; do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        (( $(date +%s) >= end )) && return 1
+        sleep 0.5
+    done
+}
+# Is the process recorded in PIDFILE alive and called COMM?
+pid_alive() {
+    local pidfile=$1 comm=$2 pid
+    [[ -r $pidfile ]] || return 1
+    pid=$(<"$pidfile")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [[ -r /proc/$pid/comm && $(<"/proc/$pid/comm") == "$comm" ]] || return 1
+    # a zombie (not yet reaped, e.g. when PID 1 is no real init) is dead
+    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
+}
+# Start a daemon fully detached from this script (no inherited stdio, own
+# session) so callers capturing our output never hang on it.
+detach() {  # detach OUTFILE CMD...
+    local out=$1; shift
+    setsid "$@" </dev/null >>"$out" 2>&1 &
+    disown "$!" 2>/dev/null || true
+}
+
+[[ $EUID -eq 0 ]] || die "must be run as root"
+
+# --------------------------------------------------------------------------
+# 1. packages
+# --------------------------------------------------------------------------
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    say "installing packages: ${missing[*]}"
+    # keep package maintainer scripts from starting services themselves
+    policy_created=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        policy_created=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    aptlog=/tmp/autoexp-cluster-apt.log
+    if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$aptlog" 2>&1; then
+        ((policy_created)) && rm -f /usr/sbin/policy-rc.d
+        fail "apt-get install failed" "$aptlog"
+    fi
+    ((policy_created)) && rm -f /usr/sbin/policy-rc.d
+    say "packages installed"
+else
+    say "packages already installed"
+fi
+
+HOST=$(hostname -s)
+[[ -n $HOST ]] || die "hostname -s returned nothing"
+if ! getent hosts "$HOST" >/dev/null; then
+    say "adding $HOST to /etc/hosts"
+    echo "127.0.0.1 $HOST" >>/etc/hosts
+fi
+
+# --------------------------------------------------------------------------
+# 2. users
+# --------------------------------------------------------------------------
+if ! id "$TEST_USER" >/dev/null 2>&1; then
+    say "creating user $TEST_USER"
+    useradd --create-home --shell /bin/bash "$TEST_USER"
+fi
+home=$(getent passwd "$TEST_USER" | cut -d: -f6)
+[[ -d $home ]] || { mkdir -p "$home"; chown "$TEST_USER:" "$home"; }
+
+# --------------------------------------------------------------------------
+# 3. munge
+# --------------------------------------------------------------------------
+install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
+install -d -o munge -g munge -m 0755 /run/munge
+if [[ ! -s /etc/munge/munge.key ]]; then
+    say "creating /etc/munge/munge.key"
+    if command -v mungekey >/dev/null; then
+        mungekey --create --keyfile=/etc/munge/munge.key --force
+    else
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+fi
+chown munge:munge /etc/munge/munge.key
+chmod 0400 /etc/munge/munge.key
+
+munge_ok() { munge -n </dev/null | unmunge >/dev/null; }
+if munge_ok 2>/dev/null; then
+    say "munged already running"
+else
+    say "starting munged"
+    rm -f /run/munge/munged.pid
+    runuser -u munge -- /usr/sbin/munged </dev/null >>/var/log/munge/munged.out 2>&1 \
+        || fail "munged failed to start" /var/log/munge/munged.out /var/log/munge/munged.log
+    wait_for "$WAIT" munge_ok || fail "munged does not answer" /var/log/munge/munged.out /var/log/munge/munged.log
+fi
+
+# --------------------------------------------------------------------------
+# 4. MariaDB
+# --------------------------------------------------------------------------
+install -d -o mysql -g mysql -m 0755 /run/mysqld /var/log/mysql
+if [[ ! -d /var/lib/mysql/mysql ]]; then
+    say "initialising MariaDB data directory"
+    mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/var/log/mysql/install-db.log 2>&1 \
+        || fail "mariadb-install-db failed" /var/log/mysql/install-db.log
+fi
+# settings recommended by the slurmdbd documentation (only applied at start)
+cat >/etc/mysql/mariadb.conf.d/90-autoexp-slurm.cnf <<'EOF'
+# written by autoexp cluster/setup.sh
+[mysqld]
+innodb_buffer_pool_size=1024M
+innodb_log_file_size=64M
+innodb_lock_wait_timeout=900
+EOF
+mysql_ok() { mysqladmin --protocol=socket ping; }
+if mysql_ok >/dev/null 2>&1; then
+    say "MariaDB already running"
+else
+    say "starting MariaDB (mysqld_safe)"
+    detach /var/log/mysql/mysqld_safe.out mysqld_safe --skip-syslog --log-error="$MYSQL_LOG"
+    wait_for "$WAIT" mysql_ok || fail "MariaDB did not come up" /var/log/mysql/mysqld_safe.out "$MYSQL_LOG"
+fi
+
+# database + user; keep the password of an existing slurmdbd.conf
+DB_PASS=""
+if [[ -r $SLURMDBD_CONF ]]; then
+    DB_PASS=$(sed -n 's/^StoragePass=//p' "$SLURMDBD_CONF" | head -n1)
+fi
+if [[ -z $DB_PASS ]]; then
+    DB_PASS=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
+fi
+mysql --protocol=socket <<EOF || die "could not create database $DB_NAME / user $DB_USER"
+CREATE DATABASE IF NOT EXISTS $DB_NAME;
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+GRANT ALL PRIVILEGES ON $DB_NAME.* TO '$DB_USER'@'localhost';
+FLUSH PRIVILEGES;
+EOF
+
+# --------------------------------------------------------------------------
+# 5. Slurm configuration
+# --------------------------------------------------------------------------
+install -d -m 0755 "$SLURM_ETC" "$LOGDIR" "$RUNDIR" /var/spool/slurmctld /var/spool/slurmd
+for n in "${NODES[@]}"; do install -d -m 0755 "/var/spool/slurmd/$n"; done
+
+tmpdir=$(mktemp -d)
+trap 'rm -rf "$tmpdir"' EXIT
+
+{
+cat <<EOF
+# Generated by autoexp cluster/setup.sh -- local changes are overwritten.
+ClusterName=$CLUSTER_NAME
+SlurmctldHost=$HOST
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# requeued jobs become eligible again after cred_expire+1 s (default 120)
+AuthInfo=cred_expire=10
+SlurmctldPort=6817
+MpiDefault=none
+SwitchType=switch/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SlurmdParameters=config_overrides
+
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd/%n
+SlurmctldPidFile=$RUNDIR/slurmctld.pid
+SlurmdPidFile=$RUNDIR/slurmd-%n.pid
+SlurmctldLogFile=$LOGDIR/slurmctld.log
+SlurmdLogFile=$LOGDIR/slurmd-%n.log
+SlurmctldDebug=info
+SlurmdDebug=info
+
+# scheduling: fast starts for tests
+SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2,sched_min_interval=100000
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+MaxArraySize=100001
+MaxJobCount=200000
+MinJobAge=600
+KillWait=5
+OverTimeLimit=0
+InactiveLimit=0
+Waittime=0
+# 1 (not 2): a node set DOWN by an admin/test must stay DOWN until resumed
+ReturnToService=1
+SlurmdTimeout=120
+SlurmctldTimeout=60
+MessageTimeout=10
+JobRequeue=1
+MailProg=/bin/true
+
+# accounting
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30
+JobCompType=jobcomp/none
+
+# nodes: several slurmd processes on this one host (multiple-slurmd build);
+# the hardware is overstated on purpose (config_overrides).
+EOF
+for i in "${!NODES[@]}"; do
+    echo "NodeName=${NODES[$i]} NodeHostname=$HOST NodeAddr=127.0.0.1 Port=${NODE_PORTS[$i]} CPUs=$NODE_CPUS RealMemory=$NODE_MEM State=UNKNOWN"
+done
+cat <<EOF
+PartitionName=debug Nodes=$NODELIST Default=YES MaxTime=INFINITE State=UP
+PartitionName=small Nodes=$NODELIST Default=NO MaxTime=INFINITE State=UP
+EOF
+} >"$tmpdir/slurm.conf"
+
+cat >"$tmpdir/slurmdbd.conf" <<EOF
+# Generated by autoexp cluster/setup.sh -- local changes are overwritten.
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort=6819
+SlurmUser=root
+DebugLevel=info
+LogFile=$LOGDIR/slurmdbd.log
+PidFile=$RUNDIR/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StoragePort=3306
+StorageUser=$DB_USER
+StoragePass=$DB_PASS
+StorageLoc=$DB_NAME
+EOF
+
+config_changed=0
+install_conf() {  # install_conf SRC DEST MODE
+    if ! cmp -s "$1" "$2"; then
+        install -m "$3" -o root -g root "$1" "$2"
+        config_changed=1
+        say "wrote $2"
+    fi
+    chmod "$3" "$2"; chown root:root "$2"
+}
+install_conf "$tmpdir/slurm.conf" "$SLURM_CONF" 0644
+install_conf "$tmpdir/slurmdbd.conf" "$SLURMDBD_CONF" 0600
+
+if ((config_changed)); then
+    if pid_alive "$RUNDIR/slurmctld.pid" slurmctld || pid_alive "$RUNDIR/slurmdbd.pid" slurmdbd \
+       || pid_alive "$RUNDIR/slurmd-${NODES[0]}.pid" slurmd; then
+        say "configuration changed: restarting Slurm daemons"
+        "$SCRIPT_DIR/stop.sh" --quiet
+    fi
+fi
+
+# --------------------------------------------------------------------------
+# 6. slurmdbd + accounting objects
+# --------------------------------------------------------------------------
+dbd_ok() { timeout 10 sacctmgr -n -P list cluster format=cluster; }
+if pid_alive "$RUNDIR/slurmdbd.pid" slurmdbd && dbd_ok >/dev/null 2>&1; then
+    say "slurmdbd already running"
+else
+    say "starting slurmdbd"
+    detach "$LOGDIR/slurmdbd.out" slurmdbd
+    wait_for "$WAIT" dbd_ok || fail "slurmdbd did not come up" "$LOGDIR/slurmdbd.out" "$LOGDIR/slurmdbd.log"
+fi
+
+sam() { timeout 30 sacctmgr -i "$@"; }
+if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER_NAME"; then
+    say "sacctmgr: adding cluster $CLUSTER_NAME"
+    sam add cluster "$CLUSTER_NAME" >/dev/null || die "sacctmgr add cluster failed"
+fi
+if ! sacctmgr -n -P list account "$ACCOUNT" format=account | grep -qx "$ACCOUNT"; then
+    say "sacctmgr: adding account $ACCOUNT"
+    sam add account "$ACCOUNT" Cluster="$CLUSTER_NAME" Description="autoexp tests" Organization=autoexp >/dev/null \
+        || die "sacctmgr add account failed"
+fi
+for u in root "$TEST_USER" $EXTRA_USERS; do
+    id "$u" >/dev/null 2>&1 || { say "WARNING: user $u does not exist, skipped"; continue; }
+    if ! sacctmgr -n -P list assoc cluster="$CLUSTER_NAME" user="$u" account="$ACCOUNT" format=user | grep -qx "$u"; then
+        say "sacctmgr: adding user $u to account $ACCOUNT"
+        if [[ $u == root ]]; then
+            sam add user "$u" Account="$ACCOUNT" Cluster="$CLUSTER_NAME" >/dev/null || die "sacctmgr add user $u failed"
+        else
+            sam add user "$u" Account="$ACCOUNT" DefaultAccount="$ACCOUNT" Cluster="$CLUSTER_NAME" >/dev/null \
+                || die "sacctmgr add user $u failed"
+        fi
+    fi
+done
+
+# --------------------------------------------------------------------------
+# 7. slurmctld
+# --------------------------------------------------------------------------
+ctld_ok() { timeout 10 scontrol ping | grep -q 'is UP'; }
+if pid_alive "$RUNDIR/slurmctld.pid" slurmctld && ctld_ok 2>/dev/null; then
+    say "slurmctld already running"
+else
+    say "starting slurmctld"
+    detach "$LOGDIR/slurmctld.out" slurmctld
+    wait_for "$WAIT" ctld_ok || fail "slurmctld did not come up" "$LOGDIR/slurmctld.out" "$LOGDIR/slurmctld.log"
+fi
+
+# --------------------------------------------------------------------------
+# 8. slurmd (one per virtual node)
+# --------------------------------------------------------------------------
+for n in "${NODES[@]}"; do
+    if pid_alive "$RUNDIR/slurmd-$n.pid" slurmd; then
+        say "slurmd $n already running"
+    else
+        say "starting slurmd $n"
+        detach "$LOGDIR/slurmd-$n.out" slurmd -N "$n"
+    fi
+done
+for n in "${NODES[@]}"; do
+    wait_for 20 pid_alive "$RUNDIR/slurmd-$n.pid" slurmd \
+        || fail "slurmd $n did not start" "$LOGDIR/slurmd-$n.out" "$LOGDIR/slurmd-$n.log"
+done
+
+# --------------------------------------------------------------------------
+# 9. nodes idle
+# --------------------------------------------------------------------------
+node_states() { sinfo -h -N -o '%N %T' | sort -u; }
+all_idle() {
+    local s
+    s=$(sinfo -h -N -o '%T' | sort -u) || return 1
+    [[ -n $s ]] && ! grep -qvE '^(idle|mixed|allocated|completing)$' <<<"$s"
+}
+end=$(( $(date +%s) + WAIT ))
+resumed=0
+while ! all_idle; do
+    # nodes left DOWN/DRAIN (e.g. by a test or an unclean shutdown)
+    bad=$(sinfo -h -N -o '%N %T' | awk '$2 ~ /^(down|drain|drained|draining|fail|failing)/ && $2 !~ /\*$/ {print $1}' | sort -u | paste -sd, -)
+    if [[ -n $bad ]] && (( resumed < 3 )); then
+        say "resuming node(s) $bad"
+        scontrol update nodename="$bad" state=resume >/dev/null 2>&1 || true
+        resumed=$((resumed + 1))
+    fi
+    if (( $(date +%s) >= end )); then
+        node_states >&2 || true
+        logs=()
+        for n in "${NODES[@]}"; do logs+=("$LOGDIR/slurmd-$n.log"); done
+        fail "nodes did not become idle within ${WAIT}s" "$LOGDIR/slurmctld.log" "${logs[@]}"
+    fi
+    sleep 0.5
+done
+
+# --------------------------------------------------------------------------
+# 10. summary
+# --------------------------------------------------------------------------
+sacct -X -n -S now-1minutes >/dev/null 2>&1 || fail "sacct does not work" "$LOGDIR/slurmdbd.log"
+summary=$(sinfo -h -o '%P:%D:%T:%N' | paste -sd' ' -)
+say "OK cluster=$CLUSTER_NAME controller=$HOST partitions/nodes: $summary; sacct OK; test user $TEST_USER"

@@ -1,0 +1,1 @@
+"""Stock site configs (installed as autoexp.site_configs)."""
