@@ -83,7 +83,8 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
     except Exception as err:  # a filter or expression failing on a value
         raise InputError(f"template error: {err}", *where) from None
     if mode == "word":
-        out = _SENTINEL_RE.sub(r"'\"${\1}\"'", shlex.quote(out))
+        # Inside the single-quoted word, close the quotes around each runtime variable.
+        out = _SENTINEL_RE.sub(lambda m: f"'\"${{{m.group(1)}}}\"'", shlex.quote(out))
     return out
 
 

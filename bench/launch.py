@@ -1,0 +1,113 @@
+"""Launch cost on the real cluster: autoexp (plan, launch, sbatch calls) beside one sbatch per run.
+
+    python bench/launch.py [--sizes 100 1000 10000] [--baseline-max 10000]
+
+Every job is submitted held (--hold) and cancelled right after it is counted, so nothing runs.
+The baseline is what users do without autoexp: a loop of `sbatch run.slurm`, one per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+import autoexp
+
+SHIM = """#!/bin/bash
+echo x >> {count}
+exec {real} "$@"
+"""
+
+
+def count_sbatch(tmp: Path) -> Path:
+    """Put a counting sbatch first on PATH; returns the file that gets one line per call."""
+    real = shutil.which("sbatch")
+    if not real:
+        sys.exit("sbatch not on PATH: run cluster/setup.sh first")
+    shim_dir = tmp / "shim"
+    shim_dir.mkdir()
+    count = tmp / "sbatch-calls"
+    (shim_dir / "sbatch").write_text(SHIM.format(count=count, real=real))
+    (shim_dir / "sbatch").chmod(0o755)
+    os.environ["PATH"] = f"{shim_dir}:{os.environ['PATH']}"
+    return count
+
+
+def calls(count: Path) -> int:
+    n = len(count.read_text().splitlines()) if count.exists() else 0
+    count.unlink(missing_ok=True)
+    return n
+
+
+def config(tmp: Path, name: str, n: int) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "output_dir": str(tmp / "exp"), "command": "echo {{ i }}", "max_parallel": 16,
+        "sweep": {"grid": {"i": list(range(n))}}, "slurm": {"hold": True, "time": "00:05:00"},
+        "sidecar": {"hold": True}}))
+    return path
+
+
+def cancel(job_ids: list[str]) -> None:
+    for start in range(0, len(job_ids), 500):
+        subprocess.run(["scancel", *job_ids[start:start + 500]], capture_output=True, timeout=120)
+
+
+def baseline(tmp: Path, n: int) -> tuple[float, list[str]]:
+    """One `sbatch` per run, as in the seed workflow (without its 5 s stagger)."""
+    script = tmp / "run.slurm"
+    script.write_text("#!/bin/bash\n#SBATCH --hold\n#SBATCH --output=/dev/null\necho run\n")
+    ids = []
+    start = time.perf_counter()
+    for _ in range(n):
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+                             timeout=60, check=True)
+        ids.append(out.stdout.strip())
+    return time.perf_counter() - start, ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--baseline-max", type=int, default=10000,
+                        help="skip the one-sbatch-per-run baseline above this N")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="autoexp-bench-"))
+    count = count_sbatch(tmp)
+    print(f"{'N':>6} | {'plan s':>7} | {'launch s':>8} | {'sbatch calls':>12} | "
+          f"{'1 sbatch/run s':>14} | {'sbatch calls':>12}")
+    try:
+        for n in args.sizes:
+            start = time.perf_counter()
+            autoexp.plan_experiment(autoexp.load_config(config(tmp, f"plan{n}", n)), scheduler="slurm")
+            plan_s = time.perf_counter() - start
+            calls(count)
+
+            start = time.perf_counter()
+            result = autoexp.launch(autoexp.load_config(config(tmp, f"launch{n}", n)), scheduler="slurm")
+            launch_s = time.perf_counter() - start
+            launch_calls = calls(count)
+            cancel([*result.arrays, result.sidecar])
+
+            if n <= args.baseline_max:
+                base_s, ids = baseline(tmp, n)
+                base_calls = calls(count)
+                cancel(ids)
+                base = f"{base_s:>14.2f} | {base_calls:>12}"
+            else:
+                base = f"{'skipped':>14} | {'-':>12}"
+            print(f"{n:>6} | {plan_s:>7.2f} | {launch_s:>8.2f} | {launch_calls:>12} | {base}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

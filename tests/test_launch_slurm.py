@@ -1,0 +1,131 @@
+"""Launching on the real Slurm test cluster: one array for the sweep, plus the sidecar."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import autoexp
+from autoexp import slurm
+from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, write_config
+
+pytestmark = pytest.mark.usefixtures("slurm")
+
+
+def test_quickstart_is_one_array_plus_the_sidecar(workdir, cleanup):
+    out = workdir / "experiments"
+    proc = run_cli("launch", REPO / "examples" / "quickstart.yaml", f"output_dir={out}", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    exp = out / "quickstart"
+    cleanup(exp)
+    state = read_state(exp)
+    assert len(state["arrays"]) == 1
+    array_id, sidecar_id = state["arrays"][0]["job_id"], state["sidecar"]["job_id"]
+    assert re.search(rf"array job\(s\) {array_id}, sidecar job {sidecar_id}", proc.stdout)
+    assert {r["state"] for r in state["runs"].values()} <= {"PENDING", "RUNNING", "COMPLETED"}
+
+    def all_logs_finished():
+        return all("exited with status 0" in (exp / "runs" / name / f"slurm-{array_id}_{run['index']}.out").read_text()
+                   for name, run in state["runs"].items()
+                   if (exp / "runs" / name / f"slurm-{array_id}_{run['index']}.out").exists()) and \
+            len(list(exp.glob(f"runs/*/slurm-{array_id}_*.out"))) == 8
+    wait_for(all_logs_finished, timeout=180, what="8 quickstart tasks")
+
+    rows = wait_for(lambda: (lambda r: r if len(r) == 8 and all(s == "COMPLETED" for _, s, _ in r) else None)(
+        [row for row in sacct_rows([array_id]) if row[0].startswith(f"{array_id}_")]),
+        timeout=60, what="sacct to show 8 completed tasks")
+    assert sorted(int(r[0].split("_")[1]) for r in rows) == list(range(8))
+    assert {r[2] for r in rows} == {"autoexp-quickstart"}
+    assert [r[2] for r in sacct_rows([sidecar_id])] == ["autoexp-sidecar-quickstart"]
+    for name, run in state["runs"].items():
+        log = (exp / "runs" / name / f"slurm-{array_id}_{run['index']}.out").read_text()
+        params = run["params"]
+        assert f"params: rank={params['rank']} lr={params['lr']} run={name} attempt=1 cwd={exp / 'runs' / name}" in log
+        assert (exp / "runs" / name / "checkpoint.txt").read_text() == f"rank={params['rank']} lr={params['lr']}\n"
+
+
+def test_shell_metacharacters_reach_argv_verbatim_on_the_cluster(workdir, cleanup):
+    owned = f"/tmp/owned-{uuid.uuid4().hex}"
+    value = f'x"; touch {owned}; echo "'
+    out = workdir / "out dir 'q' $x"
+    path = write_config(workdir, {
+        "name": "inject", "output_dir": str(out),
+        "command": f"{sys.executable} {REPO / 'tests' / 'argv_probe.py'} {{{{ value }}}}",
+        "sweep": {"list": [{"value": value}, {"value": "`touch " + owned + "`"}, {"value": "$(touch " + owned + ")"}]},
+        "run_name": "r{{ run_index }}"})
+    proc = run_cli("launch", path, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    exp = out / "inject"
+    cleanup(exp)
+    for index, expected in enumerate([value, "`touch " + owned + "`", "$(touch " + owned + ")"]):
+        probe = exp / "runs" / f"r{index}" / "probe.json"
+        wait_for(probe.exists, timeout=120, what=f"task {index} to run")
+        assert json.loads(probe.read_text())["argv"] == [expected]
+    array_id = read_state(exp)["arrays"][0]["job_id"]
+    assert (exp / "runs" / "r0" / f"slurm-{array_id}_0.out").exists()
+    assert not __import__("os").path.exists(owned)
+
+
+def test_refused_sbatch_is_exit_1_with_its_message_and_nothing_recorded(workdir):
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {"name": name, "command": "true", "sweep": {"grid": {"x": [1, 2]}},
+                                  "slurm": {"partition": "no-such-partition"}})
+    proc = run_cli("launch", path, cwd=workdir)
+    assert proc.returncode == 1
+    assert "sbatch refused array.sbatch" in proc.stderr and "invalid partition" in proc.stderr.lower()
+    assert len(proc.stderr.strip().splitlines()) == 1
+    state = read_state(workdir / "experiments" / name)
+    assert state["arrays"] == [] and state["sidecar"] == {} and state["counts"] == {"PLANNED": 2}
+    queue = subprocess.run(["squeue", "-h", "-n", f"autoexp-{name}"], capture_output=True, text=True, timeout=30)
+    assert queue.stdout.strip() == ""
+
+
+def test_a_refused_sidecar_cancels_the_arrays(workdir):
+    name = f"nosidecar-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {"name": name, "command": "sleep 30", "sweep": {"grid": {"x": [1, 2]}},
+                                  "sidecar": {"partition": "no-such-partition"}})
+    proc = run_cli("launch", path, cwd=workdir)
+    assert proc.returncode == 1 and "sbatch refused sidecar.sbatch" in proc.stderr
+    state = read_state(workdir / "experiments" / name)
+    assert state["arrays"] == [] and state["counts"] == {"PLANNED": 2}
+    wait_for(lambda: subprocess.run(["squeue", "-h", "-n", f"autoexp-{name}"], capture_output=True, text=True,
+                                    timeout=30).stdout.strip() == "", timeout=30, what="the array to be cancelled")
+
+
+def test_more_runs_than_max_array_size_go_in_several_arrays(workdir, cleanup, monkeypatch):
+    monkeypatch.setattr(slurm, "cluster_max_array_size", lambda: 4)
+    path = write_config(workdir, {"name": "split", "command": "echo {{ x }}", "max_parallel": 3,
+                                  "sweep": {"grid": {"x": list(range(10))}}})
+    result = autoexp.launch(autoexp.load_config(path), scheduler="slurm")
+    cleanup(result.exp_dir)
+    assert len(result.arrays) == 3 and result.sidecar
+    state = read_state(result.exp_dir)
+    assert [(a["script"], a["tasks"]) for a in state["arrays"]] == [
+        ("array_0.sbatch", "0-3"), ("array_1.sbatch", "0-3"), ("array_2.sbatch", "0-1")]
+    last = state["arrays"][2]["job_id"]
+    wait_for(lambda: (result.exp_dir / "runs" / "x9" / f"slurm-{last}_1.out").exists(), timeout=180,
+             what="the last run of the third array")
+    assert "\n9\n" in (result.exp_dir / "runs" / "x9" / f"slurm-{last}_1.out").read_text()
+
+
+def test_dry_run_submits_nothing(workdir):
+    path = write_config(workdir, {"name": "dry", "command": "true", "sweep": {"grid": {"x": [1, 2, 3]}}})
+    proc = run_cli("launch", path, "--dry-run", cwd=workdir)
+    assert proc.returncode == 0
+    assert "nothing submitted" in proc.stdout and "--array=0-2" in proc.stdout and "sidecar.sbatch" in proc.stdout
+    assert not (workdir / "experiments" / "dry").exists()
+
+
+def test_local_site_scripts_pass_sbatch_test_only(workdir):
+    path = write_config(workdir, {"name": "testonly", "site": "local", "command": "true",
+                                  "sweep": {"grid": {"x": [1, 2, 3]}}, "max_parallel": 2})
+    assert run_cli("plan", path, cwd=workdir).returncode == 0
+    exp = workdir / "experiments" / "testonly"
+    for script in ("array.sbatch", "sidecar.sbatch"):
+        proc = subprocess.run(["sbatch", "--test-only", str(exp / script)], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
