@@ -1,9 +1,27 @@
 """autoexp: launch a sweep as one Slurm job array and let a sidecar job keep its state true."""
 
-from .config import Config
 from .errors import AutoexpError, InputError, SchedulerError
-from .experiment import LaunchResult, find, launch, load_config, plan
+from .experiment import (LaunchResult, cancel, experiments, find, launch, load_config, log_path, logs,
+                         plan_experiment, resume, retry, status)
+from .run import NotInRunError, current_run
 
-__all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "SchedulerError", "find", "launch",
-           "load_config", "plan"]
+__all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "SchedulerError", "cancel", "experiments",
+           "find", "launch", "load_config", "log_path", "logs", "plan_experiment", "resume", "retry", "status",
+           "current_run", "NotInRunError", "launch_function", "results", "RunFailed"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Config is imported on first use: `autoexp status` must not pay for yaml (nor plan for jinja2).
+    # Code inside the package imports from `.status` and `.plan` by name: `from . import status`
+    # would find the API function `status` bound here.
+    if name == "Config":
+        from .config import Config
+
+        return Config
+    # Not imported with the package: `python -m autoexp.functions` runs it as the task's main module.
+    if name in ("launch_function", "results", "RunFailed"):
+        from . import functions
+
+        return getattr(functions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

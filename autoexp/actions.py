@@ -97,18 +97,28 @@ def _record_array(exp_dir, st, job_id, array, chosen, attempts, spec, reason) ->
                   Attempt=max(attempts.values()), Reason=None if reason == "launch" else reason)
 
 
-def submit_sidecar(exp_dir: Path, st: dict, sched: Scheduler, options: tuple = (), reason: str = "launch") -> str:
-    """Submit the sidecar job and record it as the experiment's sidecar."""
+def submit_sidecar(exp_dir: Path, st: dict, sched: Scheduler, options: tuple = (), reason: str = "launch",
+                   log: bool = True) -> str:
+    """Submit the sidecar job and record it as the experiment's sidecar (the lease passes to it).
+
+    ``log=False`` leaves no SUBMIT_SIDECAR entry: chain mode submits one job per poll.
+    """
     job_id = sched.submit(Submission(Path(exp_dir) / st["plan"]["sidecar"], options=options))
     st["sidecar"] = {"job_id": job_id, "submitted": statefile.now(), "host": None, "heartbeat": None,
                      "reason": reason}
-    statefile.log(st, "SUBMIT_SIDECAR", f"job {job_id}", Reason=reason if reason != "launch" else None)
+    if log:
+        statefile.log(st, "SUBMIT_SIDECAR", f"job {job_id}", Reason=reason if reason != "launch" else None)
     return job_id
 
 
-def cancel_runs(st: dict, sched: Scheduler, names: list[str], reason: str) -> list[str]:
-    """Cancel the current attempt of ``names``; they are marked CANCELLED and never retried."""
-    ids = [st["runs"][n]["job_id"] for n in names if st["runs"][n].get("job_id")]
+def cancel_runs(st: dict, sched: Scheduler, names: list[str], reason: str,
+                job_ids: list[str] | None = None) -> list[str]:
+    """Cancel the current attempt of ``names``; they are marked CANCELLED and never retried.
+
+    ``job_ids`` replaces the runs' own task ids in the scancel: whole arrays are one call, where
+    10,000 task ids would be 10,000.
+    """
+    ids = job_ids if job_ids is not None else [st["runs"][n]["job_id"] for n in names if st["runs"][n].get("job_id")]
     sched.cancel(ids)
     when = statefile.now()
     for name in names:
@@ -116,6 +126,7 @@ def cancel_runs(st: dict, sched: Scheduler, names: list[str], reason: str) -> li
         previous = run["state"]
         run.update(state="CANCELLED", completed=run.get("completed") or when, cancelled=reason)
         if run["attempts"]:
-            run["attempts"][-1].update(state="CANCELLED", completed=run["attempts"][-1].get("completed") or when)
+            run["attempts"][-1].update(state="CANCELLED", completed=run["attempts"][-1].get("completed") or when,
+                                       cancelled=reason)  # the sidecar's retry rules skip such attempts
         statefile.log(st, "CANCEL", name, when, Previous=previous, Reason=reason)
     return ids

@@ -28,6 +28,36 @@ def _parser() -> argparse.ArgumentParser:
         if name == "launch":
             p.add_argument("--dry-run", action="store_true", help="print what would be submitted")
 
+    def experiment_arg(p, optional=False):
+        p.add_argument("exp", nargs="?" if optional else None, metavar="EXP",
+                       help="experiment directory or name" + (" (default: the newest)" if optional else ""))
+        p.add_argument("--output-dir", default=argparse.SUPPRESS, help="where experiments live")
+
+    p = add("status", "show an experiment's runs and whether its sidecar is alive")
+    experiment_arg(p, optional=True)
+    p.add_argument("--json", action="store_true", help="print the state and its health as JSON")
+    p.add_argument("--watch", action="store_true", help="redraw until every run has ended")
+    p.add_argument("--every", type=float, default=2.0, metavar="SECONDS", help="--watch redraw interval")
+    p.add_argument("--refresh", action="store_true", help="ask the scheduler once if no sidecar is alive")
+    p.add_argument("--all", action="store_true", help="list every run, however many")
+    p = add("list", "list the experiments under the output directory")
+    p.add_argument("--output-dir", default=argparse.SUPPRESS, help="where experiments live")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p = add("cancel", "cancel the whole experiment (arrays and sidecar), or some runs")
+    experiment_arg(p)
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run names (or indices); none: everything")
+    p = add("retry", "resubmit chosen runs as a new attempt")
+    experiment_arg(p)
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run names (or indices)")
+    p.add_argument("--failed", action="store_true", help="every failed run (not cancelled ones)")
+    p = add("resume", "resubmit the sidecar if it is not alive")
+    experiment_arg(p)
+    p = add("logs", "show a run's log")
+    experiment_arg(p)
+    p.add_argument("run", metavar="RUN", help="run name (or index)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.add_argument("--attempt", type=int, metavar="N", help="that attempt's log (default: the latest)")
+
     p = add("sidecar", "what the sidecar job runs: poll until every run is finished")
     p.add_argument("exp", help="experiment directory or name")
     p.add_argument("--once", action="store_true", help="one poll, then exit")
@@ -41,9 +71,9 @@ def _load(args):
 
 
 def cmd_plan(args) -> int:
-    from .experiment import plan
+    from .experiment import plan_experiment
 
-    built = plan(_load(args), scheduler=args.scheduler)
+    built = plan_experiment(_load(args), scheduler=args.scheduler)
     print(f"planned {len(built.runs)} runs in {built.exp_dir}")
     for array in built.arrays:
         print(f"  {array.script}: --array={array.spec}")
@@ -67,6 +97,95 @@ def cmd_launch(args) -> int:
           f"sidecar job {result.sidecar}")
     print(f"  directory: {result.exp_dir}")
     print(f"  follow it: autoexp status {result.exp_dir}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import gc
+    import time
+
+    from .experiment import find, status
+    from .status import render, terminal_layout
+
+    gc.disable()  # each read builds one big acyclic document: collecting would only walk it (20 ms)
+    exp_dir = find(args.exp, args.output_dir)
+    while True:
+        doc = status(exp_dir, refresh=args.refresh, history=args.json)
+        if args.json:
+            print(json_text(doc), flush=True)
+        else:
+            colour, limit, width = terminal_layout(sys.stdout, args.all)
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[J")
+            sys.stdout.write(render(doc, colour, limit, width))
+            sys.stdout.flush()
+        if not args.watch or doc["done"]:
+            return 0
+        time.sleep(args.every)
+
+
+def json_text(data) -> str:
+    import json
+
+    return json.dumps(data)
+
+
+def cmd_list(args) -> int:
+    from .experiment import experiments, output_dir
+    from .status import list_text
+
+    found = experiments(args.output_dir)
+    sys.stdout.write(json_text(found) + "\n" if args.json else list_text(found, output_dir(args.output_dir)))
+    return 0
+
+
+def _names(runs: list[str]) -> str:
+    return f"{len(runs)} runs" if len(runs) > 5 else ", ".join(runs)
+
+
+def cmd_cancel(args) -> int:
+    from .experiment import cancel
+
+    result = cancel(args.exp, args.runs, args.output_dir)
+    print(f"cancelled {_names(result['runs'])} (scancel {' '.join(result['jobs']) or '-'})")
+    if result["sidecar"]:
+        print(f"cancelled the sidecar (job {result['sidecar']}); the experiment is finished")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from .experiment import retry
+
+    result = retry(args.exp, args.runs, args.failed, args.output_dir)
+    if not result["runs"]:
+        print("no failed runs: nothing to retry")
+        return 0
+    print(f"resubmitted {_names(result['runs'])} as array job(s) {', '.join(result['arrays'])}")
+    if result["sidecar"]:
+        print(f"no sidecar was alive: submitted sidecar job {result['sidecar']}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .experiment import resume
+
+    result = resume(args.exp, args.output_dir)
+    job, watcher = result["sidecar"], result["watcher"]
+    if result["submitted"]:
+        print(f"submitted sidecar job {job}: no sidecar was alive")
+    elif watcher == "finished":
+        print("every run has ended: no sidecar needed, nothing to do")
+    elif watcher == "alive":
+        print(f"sidecar job {job} is alive: nothing to do")
+    else:
+        print(f"sidecar job {job} has not started yet ({watcher}): nothing to do")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from .experiment import logs
+
+    logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir)
     return 0
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
@@ -223,6 +225,18 @@ def scalar(value, path):
     return value
 
 
+def shell_words(value, path):
+    """A command prefix as words: a list, or a string split the way a shell would."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as err:
+            raise _Invalid(path, f"cannot split {value!r} into words: {err}") from None
+    return list_of(string())(value, path)
+
+
 def _sweep_points(value, path):
     return list_of(mapping({}, values=any_value))(value, path)
 
@@ -233,6 +247,19 @@ def _grid(value, path):
             raise _Invalid(p, f"expected a list of values, got {_type_name(v)}")
         return v
     return mapping({}, values=axis)(value, path)
+
+
+REQUEUE = mapping({"signal": string(re.compile(r"^[A-Z][A-Z0-9]*$"), "a signal name like USR1"),
+                   "before": integer(1), "max": integer(0),
+                   "by": string(re.compile(r"^(autoexp|command)$"), "autoexp or command")},
+                  required=("signal", "before"))
+
+
+def requeue(value, path):
+    """Signal each task ``before`` seconds ahead of its time limit, and requeue it once the command
+    has exited (at most ``max`` times; ``by: command`` when the command requeues itself, as
+    submitit does). Null or {} turns it off."""
+    return REQUEUE(value, path) if value else {}
 
 
 EVENT = mapping({
@@ -268,10 +295,10 @@ COMMON_FIELDS: dict[str, Check] = {
         "mode": string(re.compile(rf"^({'|'.join(SIDECAR_MODES)})$"), " or ".join(SIDECAR_MODES)),
         "handover": duration,
     }),
-    "requeue": mapping({"signal": string(re.compile(r"^[A-Z0-9]+$"), "a signal name like USR1"),
-                        "before": integer(1)}),
+    "requeue": requeue,
     "notify": mapping({"mail": string()}),
     "python": string(),
+    "launcher": shell_words,
 }
 
 CONFIG = mapping({
@@ -306,6 +333,12 @@ DEFAULTS: dict[str, Any] = {
 
 # Lists that add up across site and config instead of replacing each other.
 CONCATENATED = {"setup", "container.binds"}
+
+# Values no shell ever expands (#SBATCH lines, quoted container words, the output path): in them
+# ${VAR} and ${VAR:-default} are taken from the environment at plan time. Elsewhere (command,
+# setup, env) ${VAR} is left alone for the task's shell.
+EXPANDED = ("output_dir", "slurm", "sidecar", "container")
+ENV_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\}|:-)")
 
 
 # --------------------------------------------------------------------------- loading
@@ -393,6 +426,66 @@ def _source_of(path: str, origins: dict, fallback: str) -> str:
     return fallback
 
 
+def expand_env(text: str, environ=os.environ) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` (defaults may nest) replaced from ``environ``.
+
+    An unset or empty VAR without a default raises KeyError(VAR); a malformed reference ValueError.
+    """
+    out, i = [], 0
+    while True:
+        start = text.find("${", i)
+        if start < 0:
+            return "".join(out) + text[i:]
+        out.append(text[i:start])
+        match = ENV_REF.match(text, start + 2)
+        if not match:
+            raise ValueError(f"malformed ${{...}} in {text!r}")
+        name, default, i = match.group(1), None, match.end()
+        if match.group(2) == ":-":
+            close = _closing_brace(text, i)
+            default, i = text[i:close], close + 1
+        value = environ.get(name)
+        if not value:
+            if default is None:
+                raise KeyError(name)
+            value = expand_env(default, environ)
+        out.append(value)
+
+
+def _closing_brace(text: str, i: int) -> int:
+    """Where the ``}`` closing a ``${`` whose body starts at ``i`` is (nested ``${...}`` skipped)."""
+    depth = 1
+    while i < len(text):
+        if text.startswith("${", i):
+            depth, i = depth + 1, i + 2
+            continue
+        if text[i] == "}":
+            depth -= 1
+            if not depth:
+                return i
+        i += 1
+    raise ValueError(f"no closing brace in {text!r}")
+
+
+def _expanded(value: Any, path: str, origins: dict, source: str) -> Any:
+    """``value`` with the ${VAR} references in its strings replaced (see EXPANDED)."""
+    if isinstance(value, dict):
+        return {k: _expanded(v, f"{path}.{k}", origins, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expanded(v, path, origins, source) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    try:
+        return expand_env(value)
+    except KeyError:
+        names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", value)
+        raise InputError(f"{value!r} needs the environment variable {' or '.join(names)}, which is "
+                         f"not set (export it, or set {path} in the config)",
+                         _source_of(path, origins, source), path) from None
+    except ValueError as err:
+        raise InputError(str(err), _source_of(path, origins, source), path) from None
+
+
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
          default_site: str | None = None) -> "Config":
     """Read, merge and validate a config; the result is what `plan` writes to config.yaml."""
@@ -418,8 +511,11 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                       where=(_source_of("site", origins, source), "site"))
     merged_origins: dict[str, str] = {}
     resolved = merge(copy.deepcopy(DEFAULTS), site.values, merged_origins, site.source)
+    merged_origins.update(site.origins)  # a value a site inherited names the file it is in
     resolved = merge(resolved, user, merged_origins, source)
     merged_origins.update(origins)
+    resolved.update({key: _expanded(resolved[key], key, merged_origins, source)
+                     for key in EXPANDED if key in resolved})
     resolved["site"] = site.name
     return Config(resolved, source=source, origins=merged_origins, site=site)
 

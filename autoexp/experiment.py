@@ -8,11 +8,17 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import actions, config as configmod, plan as planmod, scheduler as schedmod, state as statefile
-from .errors import InputError
+from . import actions, scheduler as schedmod, state as statefile, status as view
+from .errors import AutoexpError, InputError
+
+if TYPE_CHECKING:  # config (yaml) and plan (jinja2) are imported where used: `status` stays fast
+    from . import config as configmod, plan as planmod
 
 
 @dataclass
@@ -23,21 +29,28 @@ class LaunchResult:
     sidecar: str | None = None
     dry_run: bool = False
     text: str = ""
+    jobs: dict = field(default_factory=dict)  # run name -> submitit Job, for a function sweep
 
 
 def load_config(path: str | os.PathLike, overrides=(), site: str | None = None) -> configmod.Config:
     """Read and validate a config file with ``KEY=VALUE`` overrides (raises InputError)."""
-    return configmod.load(path, list(overrides), default_site=site)
+    from .config import load
+
+    return load(path, list(overrides), default_site=site)
 
 
-def _scheduler_for(config: configmod.Config, scheduler: str | None) -> schedmod.Scheduler:
+def _scheduler_for(config: configmod.Config, scheduler: str | schedmod.Scheduler | None) -> schedmod.Scheduler:
+    if isinstance(scheduler, schedmod.Scheduler):  # a function sweep submits through submitit
+        return scheduler
     return schedmod.get(scheduler or schedmod.default_name(), config.exp_dir)
 
 
-def plan(config: configmod.Config, scheduler: str | None = None, write: bool = True) -> planmod.Plan:
+def plan_experiment(config: configmod.Config, scheduler: str | None = None, write: bool = True) -> planmod.Plan:
     """Render the experiment; with ``write`` create its directory. Submits nothing."""
+    from .plan import build
+
     sched = _scheduler_for(config, scheduler)
-    built = planmod.build(config, sched.name, sched.max_array_size())
+    built = build(config, sched.name, sched.max_array_size())
     if write:
         built.write()
     return built
@@ -45,19 +58,22 @@ def plan(config: configmod.Config, scheduler: str | None = None, write: bool = T
 
 def launch(config: configmod.Config, dry_run: bool = False, scheduler: str | None = None) -> LaunchResult:
     """Plan, then submit every array and the sidecar; all or nothing."""
+    from .plan import build
+
     sched = _scheduler_for(config, scheduler)
-    built = planmod.build(config, sched.name, sched.max_array_size())
+    built = build(config, sched.name, sched.max_array_size())
     result = LaunchResult(config.exp_dir, sched.name, dry_run=dry_run, text=built.submissions_text())
     if dry_run:
         return result
     exp_dir = built.write()
-    # The lock is held across the submissions: the sidecar's first poll waits until every id is known.
+    # The sidecar goes first so that it does not queue behind its own array; the lock is held
+    # across the submissions, so its first poll waits until every id is recorded.
     with statefile.locked(exp_dir) as st:
-        result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch")
+        result.sidecar = actions.submit_sidecar(exp_dir, st, sched)
         try:
-            result.sidecar = actions.submit_sidecar(exp_dir, st, sched)
+            result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch")
         except BaseException:
-            sched.cancel(result.arrays)
+            sched.cancel([result.sidecar])
             raise
     return result
 
@@ -85,3 +101,230 @@ def find(exp: str | os.PathLike | None = None, output: str | None = None) -> Pat
 def scheduler_of(exp_dir: Path, st: dict | None = None) -> schedmod.Scheduler:
     st = st or statefile.read(exp_dir)
     return schedmod.get(st.get("scheduler", "slurm"), exp_dir)
+
+
+# --------------------------------------------------------------------------- a running experiment
+
+def status(exp: str | os.PathLike | None = None, output: str | None = None, refresh: bool = False,
+           history: bool = True) -> dict:
+    """What ``autoexp status --json`` prints: the state plus the sidecar's health and the progress.
+
+    Reads state.json only; with ``refresh`` and no live sidecar, first reconciles it once with the
+    scheduler (one sidecar poll), so a stopped experiment still shows the truth. ``history=False``
+    leaves the history list empty: the table does not show it, and it is a third of the read.
+    """
+    exp_dir = find(exp, output)
+    st = statefile.read_shared(exp_dir, history=history)
+    if refresh and view.health(st, exp_dir)["sidecar"] not in ("alive", "starting"):
+        from . import sidecar
+
+        try:
+            sidecar.reconcile(exp_dir, scheduler_of(exp_dir, st))
+        except PermissionError as err:
+            raise AutoexpError(f"{exp_dir}: --refresh must write the state, and cannot: {err.strerror} "
+                               "(whoever launched it can refresh it)") from None
+        st = statefile.read_shared(exp_dir, history=history)
+    return view.document(exp_dir, st)
+
+
+def experiments(output: str | None = None) -> list[dict]:
+    """The experiments under the output directory, newest first, with counts (``autoexp list``)."""
+    return view.experiments(output_dir(output))
+
+
+def _select(exp_dir: Path, st: dict, names) -> list[str]:
+    """Run names from the user's words (a name or an index); an unknown one is an InputError."""
+    by_index = {str(run["index"]): name for name, run in st["runs"].items()}
+    chosen = []
+    for word in names:
+        word = str(word)
+        name = word if word in st["runs"] else by_index.get(word)
+        if name is None:
+            import difflib
+
+            guess = difflib.get_close_matches(word, list(st["runs"]), n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else f"; it has {len(st['runs'])} runs " \
+                "(autoexp status lists them)"
+            raise InputError(f"no run {word!r} in this experiment{hint}", str(exp_dir), "RUN")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def watcher(exp_dir: Path, st: dict, sched: schedmod.Scheduler) -> str:
+    """Who watches the experiment: "alive" or "starting" (see status), "queued" (stale by the
+    clock, but its job never started and the scheduler still has it pending), or "none"."""
+    health = view.health(st, exp_dir)
+    if health["sidecar"] in ("alive", "starting"):
+        return health["sidecar"]
+    sidecar = st["sidecar"]
+    if health["sidecar"] == "stale" and sidecar.get("job_id") and not sidecar.get("heartbeat"):
+        since = statefile.parse_time(sidecar.get("submitted") or st["created"])
+        if any(r.state == "PENDING" for r in sched.query([sidecar["job_id"]], since)):
+            return "queued"
+    return "none"
+
+
+def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
+    """Cancel chosen runs, or with none the whole experiment (its arrays and its sidecar).
+
+    Cancelled runs are marked CANCELLED with a CANCEL event and are never retried by the sidecar.
+    A run that has already finished is an InputError, and then nothing is cancelled.
+    """
+    exp_dir = find(exp, output)
+    with statefile.locked(exp_dir) as st:
+        sched = scheduler_of(exp_dir, st)
+        if runs:
+            names = _select(exp_dir, st, runs)
+            for name in names:
+                if st["runs"][name]["state"] in schedmod.TERMINAL:
+                    raise InputError(f"run {name!r} has already finished ({st['runs'][name]['state']}); "
+                                     "nothing cancelled", str(exp_dir), "RUN")
+            return {"exp_dir": exp_dir, "runs": names, "jobs": actions.cancel_runs(st, sched, names, "user"),
+                    "sidecar": None}
+        names = sorted((n for n, r in st["runs"].items() if r["state"] not in schedmod.TERMINAL),
+                       key=lambda n: st["runs"][n]["index"])
+        if not names:
+            raise InputError("every run has already finished; nothing cancelled", str(exp_dir), "EXP")
+        arrays = sorted({st["runs"][n]["job_id"].split("_")[0] for n in names if st["runs"][n]["job_id"]})
+        jobs = actions.cancel_runs(st, sched, names, "user", job_ids=arrays)
+        sidecar = st["sidecar"].get("job_id")
+        if sidecar:
+            # The lease is ended in the same write: a poll the sidecar has in flight then finds it
+            # lost and writes nothing, and its SIGTERM hands over to nobody.
+            sched.cancel([sidecar])
+            st["sidecar"]["stopped"] = statefile.now()
+            statefile.log(st, "SIDECAR_STOP", f"job {sidecar}", Reason="the experiment was cancelled")
+        st["done"] = True
+        statefile.recount(st)
+        statefile.log(st, "ALL_COMPLETE", "Monitoring finished", Reason="cancelled by the user",
+                      Summary=f"{len(st['runs'])} runs - " + ", ".join(f"{n} {s}" for s, n in st["counts"].items()))
+        return {"exp_dir": exp_dir, "runs": names, "jobs": jobs, "sidecar": sidecar}
+
+
+def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | None = None) -> dict:
+    """Resubmit finished runs (chosen, or every failed one) as one new array attempt.
+
+    ``failed`` means FAILED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, BOOT_FAIL, DEADLINE or PREEMPTED:
+    not CANCELLED, which the user chose. A sidecar is submitted too if none is alive to watch them.
+    """
+    if bool(runs) == bool(failed):
+        raise InputError("give the runs to retry, or --failed (not both)", "RUN")
+    exp_dir = find(exp, output)
+    with statefile.locked(exp_dir) as st:
+        if failed:
+            names = sorted((n for n, r in st["runs"].items() if r["state"] in view.FAILED),
+                           key=lambda n: st["runs"][n]["index"])
+        else:
+            names = _select(exp_dir, st, runs)
+            for name in names:
+                if st["runs"][name]["state"] not in schedmod.TERMINAL:
+                    raise InputError(f"run {name!r} is {st['runs'][name]['state']}: only a finished run "
+                                     "can be retried (cancel it first)", str(exp_dir), "RUN")
+        result = {"exp_dir": exp_dir, "runs": names, "arrays": [], "sidecar": None}
+        if not names:
+            return result
+        sched = scheduler_of(exp_dir, st)
+        watched = watcher(exp_dir, st, sched) != "none"
+        result["arrays"] = actions.submit_runs(exp_dir, st, sched, names, "retry")
+        for name in names:
+            st["runs"][name].pop("cancelled", None)  # retried by name: the user changed their mind
+        st["done"] = False
+        if not watched:
+            try:
+                result["sidecar"] = _replace_sidecar(exp_dir, st, sched, "retry")
+            except BaseException:
+                sched.cancel(result["arrays"])
+                raise
+        return result
+
+
+def _replace_sidecar(exp_dir: Path, st: dict, sched: schedmod.Scheduler, reason: str) -> str:
+    """Submit a new sidecar; a stale old one that is somehow still running is cancelled first."""
+    old = st["sidecar"].get("job_id")
+    if old:
+        sched.cancel([old])
+    return actions.submit_sidecar(exp_dir, st, sched, reason=reason)
+
+
+def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
+    """Submit a new sidecar if none is alive; do nothing if one is, or if every run has ended."""
+    exp_dir = find(exp, output)
+    with statefile.locked(exp_dir) as st:
+        if not st.get("arrays"):
+            raise InputError("this experiment was planned but never launched: run `autoexp launch` "
+                             "with its config", str(exp_dir), "EXP")
+        sched = scheduler_of(exp_dir, st)
+        result = {"exp_dir": exp_dir, "sidecar": st["sidecar"].get("job_id"), "submitted": False,
+                  "watcher": "finished" if st.get("done") else watcher(exp_dir, st, sched)}
+        if result["watcher"] != "none":
+            return result
+        result["sidecar"] = _replace_sidecar(exp_dir, st, sched, "resume")
+        result["submitted"] = True
+        return result
+
+
+def _attempt(exp_dir: Path, st: dict, name: str, number: int | None) -> dict:
+    attempts = st["runs"][name]["attempts"]
+    if not attempts:
+        raise InputError(f"run {name!r} was never submitted, so it has no log", str(exp_dir), "RUN")
+    if number is None:
+        return attempts[-1]
+    for attempt in attempts:
+        if attempt["attempt"] == number:
+            return attempt
+    raise InputError(f"run {name!r} has no attempt {number} (it has 1 to {len(attempts)})", str(exp_dir),
+                     "--attempt")
+
+
+def log_path(exp: str | os.PathLike, run: str, attempt: int | None = None, output: str | None = None) -> Path:
+    """Where a run's log is for its latest attempt (or attempt number ``attempt``)."""
+    exp_dir = find(exp, output)
+    st = statefile.read_shared(exp_dir)
+    name = _select(exp_dir, st, [run])[0]
+    return Path(_attempt(exp_dir, st, name, attempt)["log"])
+
+
+def logs(exp: str | os.PathLike, run: str, attempt: int | None = None, follow: bool = False, out=None,
+         output: str | None = None, poll: float = 1.0) -> Path:
+    """Copy a run's log to ``out`` (a binary stream, default stdout); return the log's path.
+
+    With ``follow``, keep copying as the log grows until that attempt has ended in the state
+    (as the sidecar records it), then copy what is left and return.
+    """
+    exp_dir = find(exp, output)
+    st = statefile.read_shared(exp_dir)
+    name = _select(exp_dir, st, [run])[0]
+    chosen = _attempt(exp_dir, st, name, attempt)
+    path, number = Path(chosen["log"]), chosen["attempt"]
+    out = out or sys.stdout.buffer
+    offset = _copy_log(path, 0, out)
+    if offset is None and not follow:
+        raise AutoexpError(f"{path}: no log yet (run {name} is {chosen['state']}); "
+                           f"`autoexp logs --follow` waits for it")
+    while follow:
+        st = statefile.read_shared(exp_dir)
+        ended = next(a for a in st["runs"][name]["attempts"] if a["attempt"] == number)["state"] \
+            in schedmod.TERMINAL
+        if not ended:
+            time.sleep(poll)
+        offset = _copy_log(path, offset or 0, out)
+        if ended:
+            break
+    return path
+
+
+def _copy_log(path: Path, offset: int, out) -> int | None:
+    """Write ``path`` from byte ``offset`` on to ``out``; the new offset, or None if there is no file."""
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < offset:
+                offset = 0  # replaced by a new file: start again
+            fh.seek(offset)
+            while chunk := fh.read(1 << 20):
+                out.write(chunk)
+                offset += len(chunk)
+    except FileNotFoundError:
+        return None
+    out.flush()
+    return offset

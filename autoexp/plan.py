@@ -7,6 +7,7 @@ and renamed into place, so an error or a kill never leaves a half-written experi
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shlex
@@ -18,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 
 from . import render, state as statefile, sweep
 from .config import Config
@@ -152,24 +155,51 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _template(env: jinja2.Environment, config: Config, key: str, default: str) -> tuple[jinja2.Template, tuple]:
-    """The stock template ``default``, or the user's file named by config key ``key``."""
+def _template(env: jinja2.Environment, config: Config, key: str, default: str) -> tuple[jinja2.Template, tuple, set]:
+    """The stock template ``default``, or the user's file named by config key ``key`` (a relative
+    path is taken from the directory of the file that set it, the config or a site)."""
     user = config.get(key)
     if not user:
-        return env.get_template(default), ("", f"templates/{default}")
+        source = env.loader.get_source(env, default)[0]
+        return _checked(env, source, ("", f"templates/{default}"))
+    origin = Path(config.where(key)[0])
     path = Path(user).expanduser()
     if not path.is_absolute():
-        path = Path(config.source).parent / path
-    where = config.where(key)
+        path = (origin.parent if origin.is_file() else Path.cwd()) / path
     try:
-        return env.from_string(path.read_text()), (str(path), key)
+        source = path.read_text()
     except OSError as err:
-        raise InputError(f"cannot read template {str(path)!r}: {err.strerror}", *where) from None
+        raise InputError(f"cannot read template {str(path)!r}: {err.strerror}", *config.where(key)) from None
+    return _checked(env, source, (str(path), key))
+
+
+def _checked(env: jinja2.Environment, source: str, where: tuple) -> tuple[jinja2.Template, tuple, set]:
+    """Compile a template, refusing a block the stock template it extends does not have (a misspelt
+    override would otherwise be ignored); also return the names it uses, which :func:`_render`
+    checks against the context, so a misspelt name fails even in a branch this plan does not take."""
+    try:
+        tree = env.parse(source)
+        parent = next(tree.find_all(jinja2.nodes.Extends), None)
+        if parent is not None and isinstance(parent.template, jinja2.nodes.Const):
+            blocks = env.get_template(parent.template.value).blocks
+            for block in (n for n in tree.body if isinstance(n, jinja2.nodes.Block)):
+                if block.name not in blocks:
+                    guess = difflib.get_close_matches(block.name, list(blocks), n=1)
+                    hint = f"did you mean '{guess[0]}'?" if guess else f"its blocks: {', '.join(blocks)}"
+                    raise InputError(f"block '{block.name}' is not in {parent.template.value} ({hint})", *where)
+        template = env.from_string(tree)
     except jinja2.TemplateSyntaxError as err:
-        raise InputError(f"template syntax error line {err.lineno}: {err.message}", str(path), key) from None
+        raise InputError(f"template syntax error line {err.lineno}: {err.message}", *where) from None
+    except jinja2.TemplateNotFound as err:
+        raise InputError(f"extends unknown template {err.name!r} (stock templates: "
+                         f"{', '.join(env.list_templates('j2'))})", *where) from None
+    return template, where, jinja2.meta.find_undeclared_variables(tree) - set(env.globals)
 
 
-def _render(template: jinja2.Template, context: dict, where: tuple) -> str:
+def _render(template: jinja2.Template, context: dict, where: tuple, names: set = frozenset()) -> str:
+    unknown = sorted(set(names) - set(context))
+    if unknown:
+        raise InputError(render._undefined_message(f"'{unknown[0]}' is undefined", context), *where)
     try:
         return template.render(context)
     except jinja2.UndefinedError as err:
@@ -226,15 +256,15 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     tasks_template = env.get_template(TASKS_TEMPLATE)
     plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
 
-    array_template, where = _template(env, config, "template", ARRAY_TEMPLATE)
+    array_template, where, names = _template(env, config, "template", ARRAY_TEMPLATE)
     slurm_options = {"job-name": f"autoexp-{config.name}", **config["slurm"]}
     for k, array in enumerate(arrays):
-        context = {**common, **container_context(config), "config": config.data,
+        context = {**common, **launch_context(config), "config": config.data,
                    "job_name": slurm_options["job-name"], "array": array.spec, "offset": array.offset,
                    "output": slurm_output(exp_dir / ".index" / str(k), "%a/slurm-%A_%a.out", config),
                    "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm_options.items() if k2 != "job-name"}),
                    "n_runs": len(runs), "requeue": config.get("requeue") or {}}
-        plan.files[array.script] = _render(array_template, context, where)
+        plan.files[array.script] = _render(array_template, context, where, names)
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)
     plan.files["config.yaml"] = config.to_yaml()
@@ -243,7 +273,10 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
 
 
 def sidecar_options(config: Config) -> dict:
+    """The sidecar's sbatch options; it is billed to the runs' account unless it names its own."""
     options = {k: v for k, v in config["sidecar"].items() if k not in ("mode", "handover")}
+    if config["slurm"].get("account") and "account" not in options:
+        options = {"account": config["slurm"]["account"], **options}
     mail = (config.get("notify") or {}).get("mail")
     if mail:
         options.update({"mail-type": "END", "mail-user": mail})
@@ -256,24 +289,33 @@ def render_sidecar(env: jinja2.Environment, config: Config, common: dict) -> str
                "output": slurm_output(Path(common["exp_dir"]) / "logs", "sidecar-%j.out", config),
                "sbatch_lines": sbatch_lines(options), "sidecar_args": "",
                "mode": config["sidecar"].get("mode", "job")}
-    template, where = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)
-    return _render(template, context, where)
+    template, where, names = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)
+    return _render(template, context, where, names)
 
 
-def container_context(config: Config) -> dict:
-    """``container`` and ``container_exec`` for the array template (the exec line is built by the
-    runtime glue in ``apptainer/``)."""
+def launch_context(config: Config) -> dict:
+    """How the array template starts the command, as shell text with every word quoted:
+
+    * ``launcher``: the config's ``launcher`` words (``srun --cpu-bind=...``), or "";
+    * ``container_exec``: the runtime glue ``<glue>/exec.sh --image IMG ... --`` when
+      ``container.image`` is set, or "" (``container`` is then None);
+    * ``launch_prefix``: both, one per line; the command follows it as ``bash -c "..."``.
+    """
+    glue = Path(str(resources.files("autoexp.apptainer")))
+    launcher = shlex.join(config.get("launcher") or [])
     container = config.get("container") or {}
-    if not container.get("image"):
-        return {"container": None, "container_exec": ""}
-    glue = Path(str(resources.files("autoexp.apptainer"))) / "exec.sh"
-    words = [str(glue), "--image", container["image"]]
-    if container.get("runtime"):
-        words += ["--runtime", container["runtime"]]
-    if container.get("gpu") and container["gpu"] != "none":
-        words += ["--gpu", container["gpu"]]
-    for bind in container.get("binds") or []:
-        words += ["--bind", bind]
-    for option in container.get("options") or []:
-        words += ["--option", option]
-    return {"container": container, "container_exec": shlex.join(words) + " --"}
+    container_exec = ""
+    if container.get("image"):
+        words = [str(glue / "exec.sh"), "--image", container["image"]]
+        if container.get("runtime"):
+            words += ["--runtime", container["runtime"]]
+        if container.get("gpu") and container["gpu"] != "none":
+            words += ["--gpu", container["gpu"]]
+        for bind in container.get("binds") or []:
+            words += ["--bind", bind]
+        for option in container.get("options") or []:
+            words += ["--option", option]
+        container_exec = shlex.join(words) + " --"
+    return {"container": container if container_exec else None, "container_exec": container_exec,
+            "launcher": launcher, "launch_prefix": " \\\n  ".join(filter(None, (launcher, container_exec))),
+            "glue": str(glue)}

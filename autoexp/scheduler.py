@@ -38,6 +38,7 @@ class JobRecord:
     nodes: str | None = None
     reason: str = ""  # what follows the state, e.g. "by 1000" in "CANCELLED by 1000"
     restarts: int = 0  # how many times Slurm requeued it before this record
+    collapsed: bool = False  # expanded from a pending range row (123_[4-9]): no row of its own yet
 
     @property
     def terminal(self) -> bool:
@@ -58,6 +59,7 @@ class Scheduler(abc.ABC):
     """A batch scheduler seen from one experiment directory."""
 
     name: str = ""
+    query_timeout: float | None = None  # seconds a query may take (None: the scheduler's default)
 
     def __init__(self, exp_dir: Path):
         self.exp_dir = Path(exp_dir)
@@ -80,6 +82,18 @@ class Scheduler(abc.ABC):
 
     def requeue(self, job_ids: Sequence[str]) -> None:
         raise NotImplementedError(f"the {self.name} scheduler cannot requeue")
+
+    def will_requeue(self, state: str, script: Path) -> bool:
+        """Whether a job of ``script`` that ended in ``state`` is put back in the queue by the
+        scheduler itself (Slurm does so after NODE_FAIL unless --no-requeue)."""
+        return False
+
+    def end_time(self, job_id: str) -> dt.datetime | None:
+        """When a running job hits its time limit, if the scheduler says (None: unknown)."""
+        return None
+
+    def mute_mail(self, job_id: str) -> None:
+        """Stop the job's end-of-job mail (a sidecar handing over is not the experiment's end)."""
 
 
 def get(name: str, exp_dir: Path) -> Scheduler:

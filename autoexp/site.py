@@ -3,7 +3,8 @@
 A site is a YAML file with the same keys as a config (minus the experiment's own), found by name
 in ``$AUTOEXP_SITE_PATH`` directories, then ``~/.config/autoexp/sites``, then the stock
 ``site_configs/``; or given as a path. ``extends: other`` merges this site over another one.
-With no site named, the first stock site whose ``hostnames`` globs match this host is used.
+With no site named, the first site (in that search order) whose ``hostnames`` globs match this
+host is used. Values written as ``${VAR}`` are resolved from the environment by the config loader.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import difflib
 import fnmatch
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Site:
     name: str
     values: dict  # config keys this site sets (already merged over what it extends)
     source: str  # the file that defined it, for error messages
+    origins: dict = field(default_factory=dict)  # dotted key -> the site file that set it
 
 
 def stock_dir() -> Path:
@@ -78,29 +80,38 @@ def load(name: str, base_dir: Path = Path("."), where: tuple[str, str] = ("", "s
         raise InputError(err.message, str(path), err.path) from None
     parent_name = values.get("extends")
     own = {k: v for k, v in values.items() if k not in META_KEYS}
+    origins: dict = {}
     if parent_name:
         parent = load(parent_name, path.parent, (str(path), "extends"), (*_seen, resolved))
-        own = config.merge(parent.values, own, {}, str(path))
-    return Site(str(path.resolve()) if _is_path(name) else name, own, str(path))
+        origins = dict(parent.origins)
+        own = config.merge(parent.values, own, origins, str(path))
+    else:
+        config._record(own, origins, str(path))
+    return Site(str(path.resolve()) if _is_path(name) else name, own, str(path), origins)
 
 
 def detect(hostname: str | None = None) -> str:
-    """The stock site whose ``hostnames`` patterns match this machine, else the generic one."""
+    """The site whose ``hostnames`` globs match this machine, else the generic one.
+
+    Sites are tried in search order (your own directories before the stock ones, a name found
+    twice only where it is first found), alphabetically within a directory.
+    """
     from . import config
 
-    host = hostname or socket.getfqdn()
-    short = host.split(".")[0]
-    for name in available():
-        for directory in search_dirs():
-            path = directory / f"{name}.yaml"
-            if path.is_file():
-                break
-        try:
-            patterns = config.read_yaml(path, "site config").get("hostnames") or []
-        except InputError:
-            continue
-        if isinstance(patterns, str):
-            patterns = [patterns]
-        if any(fnmatch.fnmatch(h, str(p)) for p in patterns for h in (host, short)):
-            return name
+    hosts = {hostname} if hostname else {socket.gethostname(), socket.getfqdn()}
+    hosts |= {h.split(".")[0] for h in hosts}
+    seen: set[str] = set()
+    for directory in search_dirs():
+        for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else ():
+            if path.stem in seen:
+                continue
+            seen.add(path.stem)
+            try:
+                patterns = config.read_yaml(path, "site config").get("hostnames") or []
+            except InputError:
+                continue
+            if isinstance(patterns, str):
+                patterns = [patterns]
+            if any(fnmatch.fnmatch(h, str(p)) for p in patterns for h in hosts):
+                return path.stem
     return FALLBACK

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 from .errors import SchedulerError
@@ -19,9 +20,13 @@ from .scheduler import JobRecord, Scheduler, Submission
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
                 "NodeList")
-TIMEOUTS = {"sbatch": 120, "sacct": 120, "scancel": 60, "scontrol": 30}
+TIMEOUTS = {"sbatch": 120, "sacct": 120, "scancel": 60, "scontrol": 30, "squeue": 60}
+# Slurm sets these only in some jobs (a requeued one): a sidecar that was requeued must not pass
+# them on to what it submits, where they would count requeues that never happened.
+NOT_INHERITED = frozenset({"SLURM_RESTART_COUNT"})
 _ARRAY_ID = re.compile(r"^(\d+)_(\d+)$")
 _ARRAY_PENDING = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")  # SLURM_TIME_FORMAT, in UTC (TZ=UTC)
 
 
 def run(argv: Sequence[str], env: dict | None = None, timeout: float | None = None,
@@ -53,7 +58,7 @@ class SlurmScheduler(Scheduler):
         if sub.array is not None:
             argv.append(f"--array={sub.array}")
         argv.append(str(sub.script))
-        env = {**os.environ, **sub.env}
+        env = {**{k: v for k, v in os.environ.items() if k not in NOT_INHERITED}, **sub.env}
         proc = run(argv, env=env, check=False)
         if proc.returncode != 0:
             message = (proc.stderr or proc.stdout).strip().replace("\n", " | ")
@@ -69,7 +74,7 @@ class SlurmScheduler(Scheduler):
         argv = ["sacct", "--noheader", "--parsable2", "--duplicates", "--allocations",
                 f"--format={','.join(SACCT_FIELDS)}", f"--jobs={','.join(job_ids)}",
                 f"--starttime={since.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"]
-        return parse_sacct(run(argv, env=utc_env()).stdout)
+        return parse_sacct(run(argv, env=utc_env(), timeout=self.query_timeout).stdout)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -85,12 +90,55 @@ class SlurmScheduler(Scheduler):
     def max_array_size(self) -> int:
         return cluster_max_array_size()
 
+    def will_requeue(self, state: str, script: Path) -> bool:
+        """NODE_FAIL, and PREEMPTED under PreemptMode=REQUEUE, send a requeueable job back to the
+        queue: it is requeueable with --requeue, or with JobRequeue=1 and no --no-requeue."""
+        if state not in ("NODE_FAIL", "PREEMPTED"):
+            return False
+        if state == "PREEMPTED" and "REQUEUE" not in cluster_config().get("PreemptMode", "").upper():
+            return False
+        directives = script_directives(script)
+        if "no-requeue" in directives or "requeue" in directives:
+            return "requeue" in directives and "no-requeue" not in directives
+        return cluster_config().get("JobRequeue", "1") == "1"
+
+    def end_time(self, job_id: str) -> dt.datetime | None:
+        out = run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%e"], env=utc_env()).stdout.strip()
+        try:
+            return dt.datetime.strptime(out, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
+        except ValueError:  # NONE (no limit), or the job is gone
+            return None
+
+    def mute_mail(self, job_id: str) -> None:
+        run(["scontrol", "update", f"jobid={job_id}", "MailType=NONE"])
+
 
 @lru_cache(maxsize=1)
-def cluster_max_array_size() -> int:
+def cluster_config() -> dict[str, str]:
+    """``scontrol show config`` as a dict (read once per process)."""
     out = run(["scontrol", "show", "config"]).stdout
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-    return int(match.group(1)) if match else 1001
+    return dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", out, re.M))
+
+
+def cluster_max_array_size() -> int:
+    value = cluster_config().get("MaxArraySize", "")
+    return int(value) if value.isdigit() else 1001
+
+
+@lru_cache(maxsize=64)
+def script_directives(script: Path) -> frozenset[str]:
+    """The option names of a script's ``#SBATCH`` lines (``requeue``, ``no-requeue``, ...)."""
+    try:
+        lines = Path(script).read_text().splitlines()
+    except OSError:
+        return frozenset()
+    names = set()
+    for line in lines:
+        if line.startswith("#SBATCH"):
+            names.update(word.lstrip("-").split("=")[0] for word in line[len("#SBATCH"):].split())
+        elif line.strip() and not line.startswith("#"):
+            break
+    return frozenset(names)
 
 
 # --------------------------------------------------------------------------- sacct parsing
@@ -98,7 +146,7 @@ def cluster_max_array_size() -> int:
 def _time(text: str) -> str | None:
     if not text or text in ("Unknown", "None", "N/A"):
         return None
-    return text + "Z" if re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$", text) else text
+    return text + "Z" if _UTC_TIME.match(text) else text
 
 
 def expand_range(spec: str) -> list[int]:
@@ -130,11 +178,12 @@ def parse_sacct(text: str) -> list[JobRecord]:
         if state == "PENDING":
             common["started"] = None
         pending = _ARRAY_PENDING.match(job_id)
-        if pending:
+        if pending:  # tasks that never started; their row may lag behind the tasks' own rows
             array_job = pending.group(1)
+            common.update(started=None, elapsed_s=0, nodes=None)
             for task in expand_range(pending.group(2)):
                 records.append(JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task,
-                                         raw_id=raw_id, **common))
+                                         raw_id=raw_id, collapsed=True, **common))
             continue
         task = _ARRAY_ID.match(job_id)
         if task:

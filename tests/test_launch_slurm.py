@@ -71,30 +71,23 @@ def test_shell_metacharacters_reach_argv_verbatim_on_the_cluster(workdir, cleanu
     assert not __import__("os").path.exists(owned)
 
 
-def test_refused_sbatch_is_exit_1_with_its_message_and_nothing_recorded(workdir):
-    name = f"refused-{uuid.uuid4().hex[:8]}"
-    path = write_config(workdir, {"name": name, "command": "true", "sweep": {"grid": {"x": [1, 2]}},
-                                  "slurm": {"partition": "no-such-partition"}})
+@pytest.mark.parametrize("refused,script", [("slurm", "array.sbatch"), ("sidecar", "sidecar.sbatch")])
+def test_a_refused_submission_is_exit_1_and_leaves_nothing_submitted(workdir, refused, script):
+    name = f"refused-{refused}-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {"name": name, "command": "sleep 30", "sweep": {"grid": {"x": [1, 2]}},
+                                  refused: {"partition": "no-such-partition"}})
     proc = run_cli("launch", path, cwd=workdir)
     assert proc.returncode == 1
-    assert "sbatch refused array.sbatch" in proc.stderr and "invalid partition" in proc.stderr.lower()
+    assert f"sbatch refused {script}" in proc.stderr and "invalid partition" in proc.stderr.lower()
     assert len(proc.stderr.strip().splitlines()) == 1
     state = read_state(workdir / "experiments" / name)
     assert state["arrays"] == [] and state["sidecar"] == {} and state["counts"] == {"PLANNED": 2}
-    queue = subprocess.run(["squeue", "-h", "-n", f"autoexp-{name}"], capture_output=True, text=True, timeout=30)
-    assert queue.stdout.strip() == ""
 
-
-def test_a_refused_sidecar_cancels_the_arrays(workdir):
-    name = f"nosidecar-{uuid.uuid4().hex[:8]}"
-    path = write_config(workdir, {"name": name, "command": "sleep 30", "sweep": {"grid": {"x": [1, 2]}},
-                                  "sidecar": {"partition": "no-such-partition"}})
-    proc = run_cli("launch", path, cwd=workdir)
-    assert proc.returncode == 1 and "sbatch refused sidecar.sbatch" in proc.stderr
-    state = read_state(workdir / "experiments" / name)
-    assert state["arrays"] == [] and state["counts"] == {"PLANNED": 2}
-    wait_for(lambda: subprocess.run(["squeue", "-h", "-n", f"autoexp-{name}"], capture_output=True, text=True,
-                                    timeout=30).stdout.strip() == "", timeout=30, what="the array to be cancelled")
+    def queue_empty():
+        names = f"autoexp-{name},autoexp-sidecar-{name}"
+        return subprocess.run(["squeue", "-h", "-n", names], capture_output=True, text=True,
+                              timeout=30).stdout.strip() == ""
+    wait_for(queue_empty, timeout=30, what="every job of the refused launch to be gone")
 
 
 def test_more_runs_than_max_array_size_go_in_several_arrays(workdir, cleanup, monkeypatch):

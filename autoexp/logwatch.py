@@ -1,0 +1,226 @@
+"""Log matching: ``monitor.events`` and ``monitor.metrics`` over what a run's log gained since the
+last poll.
+
+A :class:`Cursor` (a plain dict kept in state.json) remembers how far a log was read, which file
+that was (device and inode) and the bytes just before that point. Each scan reads only the bytes
+added since, processes complete lines only (a line split across two polls is matched once, whole),
+and starts over from the top when the file was truncated, replaced or rewritten in place. Because
+the cursor is saved in the same atomic state write as the events it produced, a sidecar killed at
+any instant neither misses a line nor counts one twice.
+
+Patterns are Python regular expressions matched against one line at a time. For speed each pattern
+is first searched in the whole new text (one C-level scan per pattern); only the lines it hits are
+then matched on their own, so a match that would straddle two lines never counts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+CHUNK = 8 << 20  # bytes read at a time
+MAX_LINE = 1 << 20  # a "line" this long without a newline is matched anyway (progress bars)
+TAIL = 32  # bytes before the offset remembered to notice a file rewritten in place
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    regex: re.Pattern
+    action: str = "log"  # events: log, cancel or retry; metrics: unused
+
+
+@dataclass
+class Rules:
+    """The compiled ``monitor.events`` and ``monitor.metrics`` of an experiment."""
+
+    events: list[Rule] = field(default_factory=list)
+    metrics: list[Rule] = field(default_factory=list)
+
+    @classmethod
+    def from_monitor(cls, monitor: dict) -> "Rules":
+        events = [Rule(e["name"], re.compile(e["pattern"]), e.get("action") or "log")
+                  for e in monitor.get("events") or []]
+        metrics = [Rule(name, re.compile(pattern)) for name, pattern in (monitor.get("metrics") or {}).items()]
+        return cls(events, metrics)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.metrics)
+
+
+@dataclass
+class Match:
+    rule: Rule
+    groups: dict
+    position: tuple[int, int]  # (chunk number, offset in it): file order across chunks
+
+
+@dataclass
+class Scan:
+    """What one scan found: events in file order, the last value of each metric, growth."""
+
+    events: list[Match] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    grew: bool = False
+    bytes_read: int = 0
+    restarted: str = ""  # why the file was read again from the top ("truncated", ...), if it was
+
+
+def new_cursor(path: str) -> dict:
+    return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None}
+
+
+def scan(cursor: dict, rules: Rules, final: bool = False) -> Scan:
+    """Match the bytes ``cursor["path"]`` gained since the cursor; advance the cursor (in place).
+
+    With ``final`` (the run is over) a last line without a newline is matched too.
+    """
+    result = Scan()
+    try:
+        fh = open(cursor["path"], "rb")
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return result
+    with fh:
+        info = os.fstat(fh.fileno())
+        result.restarted = _check_identity(fh, info, cursor)
+        if result.restarted:
+            cursor.update(offset=0, tail="", size=None)
+        result.grew = info.st_size != cursor.get("size")
+        cursor.update(dev=info.st_dev, ino=info.st_ino, size=info.st_size)
+        fh.seek(cursor["offset"])
+        pending = b""
+        number = 0
+        while True:
+            data = fh.read(CHUNK)
+            eof = not data
+            buffer = pending + data
+            cut = _line_end(buffer, eof and final)
+            if cut:
+                text = buffer[:cut].decode("utf-8", "replace")
+                _match(text, rules, number, result)
+                tail = (cursor_tail(cursor) + buffer[max(0, cut - TAIL):cut])[-TAIL:]
+                cursor.update(offset=cursor["offset"] + cut, tail=tail.hex())
+                result.bytes_read += cut
+                number += 1
+            pending = buffer[cut:]
+            if eof:
+                break
+        cursor["size"] = max(cursor["size"], cursor["offset"])
+    return result
+
+
+def cursor_tail(cursor: dict) -> bytes:
+    return bytes.fromhex(cursor.get("tail") or "")
+
+
+def _check_identity(fh, info: os.stat_result, cursor: dict) -> str:
+    """Why the file must be read from the top again, or "" when the cursor still applies."""
+    if cursor.get("ino") is not None and (info.st_dev, info.st_ino) != (cursor["dev"], cursor["ino"]):
+        return "replaced"
+    offset = cursor.get("offset") or 0
+    if info.st_size < offset:
+        return "truncated"
+    tail = cursor_tail(cursor)
+    if offset and tail:
+        fh.seek(offset - len(tail))
+        if fh.read(len(tail)) != tail:
+            return "rewritten"
+    return ""
+
+
+def _line_end(buffer: bytes, take_all: bool) -> int:
+    """How many bytes of ``buffer`` are complete lines (everything with ``take_all``)."""
+    if take_all:
+        return len(buffer)
+    end = max(buffer.rfind(b"\n"), buffer.rfind(b"\r")) + 1
+    if end == 0 and len(buffer) >= MAX_LINE:
+        return len(buffer)
+    return end
+
+
+def _lines_hit(regex: re.Pattern, text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, re.Match]]:
+    """(line start, match on that line alone) for every line of ``text[start:end]`` the pattern hits."""
+    end = len(text) if end is None else end
+    pos = start
+    while pos < end:
+        hit = regex.search(text, pos, end)
+        if hit is None:
+            return
+        line_start = _line_start(text, hit.start())
+        line_end = _next_break(text, hit.start(), end)
+        alone = regex.search(text[line_start:line_end])
+        if alone is not None:
+            yield line_start, alone
+        pos = line_end + 1
+
+
+def _line_start(text: str, pos: int) -> int:
+    """Where the line holding ``pos`` starts (after a newline or a carriage return)."""
+    newline = text.rfind("\n", 0, pos)
+    return max(newline, text.rfind("\r", newline + 1, pos)) + 1  # \r searched within the line only
+
+
+def _next_break(text: str, pos: int, end: int) -> int:
+    """Where the line holding ``pos`` ends (its newline or carriage return), at most ``end``."""
+    newline = text.find("\n", pos, end)
+    newline = end if newline < 0 else newline
+    cr = text.find("\r", pos, newline)
+    return newline if cr < 0 else cr
+
+
+def _match(text: str, rules: Rules, number: int, result: Scan) -> None:
+    for rule in rules.events:
+        for line_start, hit in _lines_hit(rule.regex, text):
+            groups = {k: v for k, v in hit.groupdict().items() if v is not None}
+            result.events.append(Match(rule, groups, (number, line_start)))
+    result.events.sort(key=lambda m: m.position)
+    for rule in rules.metrics:
+        value = _last_value(rule.regex, text)
+        if value is not None:
+            result.metrics[rule.name] = value
+
+
+def _last_value(regex: re.Pattern, text: str, window: int = 1 << 16):
+    """The metric's value on the last line that matches, searching from the end of ``text``."""
+    end = len(text)
+    while end > 0:
+        start = max(0, end - window)
+        if start:
+            start = _line_start(text, start)
+        last = None
+        for _, hit in _lines_hit(regex, text, start, end):
+            last = hit
+        if last is not None:
+            return metric_value(last)
+        end = start
+        window *= 2
+    return None
+
+
+def metric_value(hit: re.Match):
+    """Group ``value`` (else the first group, else the whole match), as a number when it is one."""
+    if "value" in hit.re.groupindex:
+        text = hit.group("value")
+    elif hit.re.groups:
+        text = hit.group(1)
+    else:
+        text = hit.group(0)
+    if text is None:
+        return None
+    text = text.strip()
+    try:
+        number = int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text  # nan/inf stay text: state.json is strict JSON
+
+
+def log_size(path: str | Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None

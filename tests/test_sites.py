@@ -1,0 +1,267 @@
+"""Site configs: the stock sites give the scripts their users submit, sites extend each other
+exactly, are found by name, path or hostname, and take accounts from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoexp import config as configmod, plan as planmod, site as sitemod
+from autoexp.errors import InputError
+from conftest import autoexp, read_state, wait_for, wait_state_done, write_config
+
+ACCOUNT = "project_465000123"
+LUMI_MASKS = ("mask_cpu:0xfe000000000000,0xfe00000000000000,0xfe0000,0xfe000000,0xfe,0xfe00,"
+              "0xfe00000000,0xfe0000000000")
+
+
+@pytest.fixture
+def account(monkeypatch):
+    for name in ("SLURM_ACCOUNT", "SBATCH_ACCOUNT", "BUDGET_ACCOUNTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_ACCOUNT", ACCOUNT)
+    return ACCOUNT
+
+
+def planned(workdir: Path, site: str, **extra) -> dict[str, str]:
+    data = {"name": "s", "site": site, "command": "python train.py --lr {{ lr }}",
+            "sweep": {"grid": {"lr": [0.1, 0.2]}}, **extra}
+    built = planmod.build(configmod.load(write_config(workdir, data)), "slurm", 1000)
+    return built.files
+
+
+def sbatch_options(script: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------- what users submit
+
+def test_lumi_runs_take_a_whole_node_bound_to_its_gcds(workdir, account):
+    files = planned(workdir, "lumi", container={"image": "/appl/local/containers/pytorch.sif"})
+    options = sbatch_options(files["array.sbatch"])
+    for expected in (f"--account={ACCOUNT}", "--partition=standard-g", "--nodes=1", "--gpus-per-node=8",
+                     "--ntasks-per-node=8", "--cpus-per-task=7", "--mem=480G"):
+        assert expected in options
+    launch = files["array.sbatch"].split("set +a\n")[1].split("status=$?")[0]
+    assert launch.startswith(f"srun --cpu-bind={LUMI_MASKS} bash -c 'ROCR_VISIBLE_DEVICES=$SLURM_LOCALID exec \"$@\"' "
+                             "select_gpu \\\n")
+    assert "/exec.sh --image /appl/local/containers/pytorch.sif --runtime singularity --gpu rocm" \
+           " --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /pfs" in launch
+    assert "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in files["tasks.sh"]
+    assert 'export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"' in files["tasks.sh"]
+    sidecar = sbatch_options(files["sidecar.sbatch"])
+    for expected in (f"--account={ACCOUNT}", "--partition=small", "--ntasks=1", "--cpus-per-task=1"):
+        assert expected in sidecar
+    assert not any(o.startswith(("--gpus", "--gres")) for o in sidecar)
+
+
+def test_lumi_small_runs_use_one_gcd_of_a_shared_node(workdir, account):
+    files = planned(workdir, "lumi-small")
+    options = sbatch_options(files["array.sbatch"])
+    for expected in ("--partition=small-g", "--gpus-per-node=1", "--ntasks-per-node=1", "--cpus-per-task=7",
+                     "--mem-per-gpu=60G", f"--account={ACCOUNT}"):
+        assert expected in options
+    assert not any(o.startswith("--mem=") for o in options)
+    assert "set +a\nautoexp_command\nstatus=$?" in files["array.sbatch"]  # no srun, no container
+
+
+def test_juwels_runs_take_a_booster_node_and_the_sidecar_is_a_chain(workdir, account):
+    files = planned(workdir, "juwels", container={"image": "/p/project/x/pytorch.sif"})
+    options = sbatch_options(files["array.sbatch"])
+    for expected in (f"--account={ACCOUNT}", "--partition=booster", "--gres=gpu:4", "--nodes=1",
+                     "--ntasks-per-node=4", "--cpus-per-task=12"):
+        assert expected in options
+    assert "srun \\\n  " in files["array.sbatch"]
+    assert "/exec.sh --image /p/project/x/pytorch.sif --runtime apptainer --gpu nv --bind /p --" in files["array.sbatch"]
+    sidecar = sbatch_options(files["sidecar.sbatch"])
+    assert "--partition=booster" in sidecar and "--time=00:05:00" in sidecar
+    resolved = yaml.safe_load(files["config.yaml"])
+    assert resolved["sidecar"]["mode"] == "chain" and resolved["monitor"]["interval"] == 300
+
+
+def test_juwels_takes_the_budget_jutil_activated(workdir, monkeypatch):
+    monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
+    monkeypatch.setenv("BUDGET_ACCOUNTS", "exalab")
+    assert "--account=exalab" in sbatch_options(planned(workdir, "juwels")["array.sbatch"])
+
+
+# --------------------------------------------------------------------------- accounts from the environment
+
+def test_a_missing_lumi_account_is_an_input_error_at_plan_time(workdir, monkeypatch):
+    for name in ("SLURM_ACCOUNT", "SBATCH_ACCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    path = write_config(workdir, {"name": "noacct", "site": "lumi", "command": "true"})
+    proc = autoexp("plan", path, "--scheduler", "slurm", cwd=workdir)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lumi = sitemod.load("lumi").source
+    assert proc.stderr.startswith(f"autoexp: error: {lumi}: slurm.account: ")
+    assert "SLURM_ACCOUNT or SBATCH_ACCOUNT, which is not set" in proc.stderr
+    assert not (workdir / "experiments" / "noacct").exists()
+
+
+def test_the_account_can_come_from_sbatch_account_or_the_config(workdir, monkeypatch):
+    monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
+    monkeypatch.setenv("SBATCH_ACCOUNT", "project_1")
+    assert "--account=project_1" in sbatch_options(planned(workdir, "lumi")["array.sbatch"])
+    monkeypatch.delenv("SBATCH_ACCOUNT")
+    files = planned(workdir, "lumi", slurm={"account": "project_2"})
+    assert "--account=project_2" in sbatch_options(files["array.sbatch"])
+    assert "--account=project_2" in sbatch_options(files["sidecar.sbatch"])  # billed together
+    assert yaml.safe_load(files["config.yaml"])["slurm"]["account"] == "project_2"
+
+
+def test_environment_references_expand_only_where_no_shell_would(workdir, monkeypatch):
+    monkeypatch.setenv("IMAGES", "/scratch/images")
+    files = planned(workdir, "local", command="echo ${HOME} {{ lr }}", setup=["cd ${SCRATCH:-/tmp}"],
+                    container={"image": "${IMAGES}/pt.sif", "binds": ["${MISSING:-/data}"]},
+                    slurm={"comment": "by ${USER:-nobody}"})
+    assert "echo ${HOME} 0.1" in files["tasks.sh"] and "cd ${SCRATCH:-/tmp}" in files["tasks.sh"]
+    assert "--image /scratch/images/pt.sif" in files["array.sbatch"] and "--bind /data" in files["array.sbatch"]
+    resolved = yaml.safe_load(files["config.yaml"])
+    assert resolved["container"]["image"] == "/scratch/images/pt.sif"
+    assert resolved["slurm"]["comment"] == f"by {os.environ.get('USER') or 'nobody'}"
+
+
+def test_a_missing_variable_in_the_config_names_the_config(workdir, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_VAR", raising=False)
+    path = write_config(workdir, {"name": "x", "site": "local", "command": "true",
+                                  "container": {"image": "${NO_SUCH_VAR}/a.sif"}})
+    with pytest.raises(InputError) as err:
+        configmod.load(path)
+    assert (err.value.source, err.value.key) == (str(path), "container.image")
+    assert "needs the environment variable NO_SUCH_VAR" in str(err.value)
+
+
+# --------------------------------------------------------------------------- extends, paths, hostnames
+
+def test_a_site_that_extends_another_inherits_and_overrides_exactly(workdir):
+    sites = workdir / "sites"
+    sites.mkdir()
+    (sites / "parent.yaml").write_text(yaml.safe_dump({
+        "description": "parent", "hostnames": ["parent-*"],
+        "slurm": {"partition": "a", "time": "02:00:00", "qos": "normal"}, "setup": ["module load p"],
+        "container": {"runtime": "apptainer", "binds": ["/a"]}, "env": {"A": 1}, "launcher": ["srun"]}))
+    (sites / "child.yaml").write_text(yaml.safe_dump({
+        "extends": "parent.yaml", "slurm": {"partition": "b", "qos": None}, "setup": ["module load c"],
+        "container": {"binds": ["/b"]}, "env": {"B": 2}, "monitor": {"interval": 7}}))
+    child = sitemod.load(str(sites / "child.yaml"))
+    assert child.values == {
+        "slurm": {"partition": "b", "time": "02:00:00", "qos": None}, "setup": ["module load p", "module load c"],
+        "container": {"runtime": "apptainer", "binds": ["/a", "/b"]}, "env": {"A": 1, "B": 2},
+        "launcher": ["srun"], "monitor": {"interval": 7}}
+    cfg = configmod.load(write_config(workdir, {"name": "x", "site": "sites/child.yaml", "command": "true",
+                                                "setup": ["echo mine"], "launcher": []}))
+    assert cfg["setup"] == ["module load p", "module load c", "echo mine"]
+    assert cfg["launcher"] == [] and cfg["slurm"]["qos"] is None and cfg["monitor"]["interval"] == 7
+    assert cfg.where("slurm.time")[0] == str(sites / "parent.yaml")
+    assert cfg.where("slurm.partition")[0] == str(sites / "child.yaml")
+
+
+def test_the_stock_lumi_variants_differ_from_lumi_only_where_they_say(account):
+    lumi = flatten(sitemod.load("lumi").values)
+    for variant in ("lumi-small", "lumi-dev"):
+        own = flatten(configmod.read_yaml(Path(sitemod.stock_dir()) / f"{variant}.yaml"))
+        merged = flatten(sitemod.load(variant).values)
+        changed = {k for k in set(lumi) | set(merged) if lumi.get(k, "<unset>") != merged.get(k, "<unset>")}
+        assert changed == {k for k in own if k not in ("description", "extends") and own[k] != lumi.get(k)}
+
+
+def test_a_cycle_of_sites_is_refused(workdir):
+    (workdir / "a.yaml").write_text("extends: b.yaml\n")
+    (workdir / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(InputError, match="cycle"):
+        sitemod.load(str(workdir / "a.yaml"))
+
+
+def test_every_stock_site_loads(account):
+    assert {"generic", "local", "lumi", "lumi-small", "lumi-dev", "juwels"} <= set(sitemod.available())
+    for name in sitemod.available():
+        assert sitemod.load(name).values
+
+
+@pytest.mark.parametrize("host, site", [("uan01", "lumi"), ("uan03.lumi.csc", "lumi"), ("nid005123", "lumi"),
+                                        ("jwlogin22.juwels", "juwels"), ("jwb0042.juwels", "juwels"),
+                                        ("my-laptop", "generic")])
+def test_the_site_is_detected_from_the_hostname(host, site):
+    assert sitemod.detect(host) == site
+
+
+def test_a_config_without_site_gets_the_detected_one(workdir, account, monkeypatch):
+    monkeypatch.setattr(sitemod.socket, "gethostname", lambda: "uan02")
+    cfg = configmod.load(write_config(workdir, {"name": "x", "command": "true"}))
+    assert cfg["site"] == "lumi" and cfg["slurm"]["partition"] == "standard-g"
+
+
+def test_your_own_sites_are_detected_before_the_stock_ones(workdir, monkeypatch):
+    mine = workdir / "my sites"
+    mine.mkdir()
+    (mine / "mylumi.yaml").write_text("extends: lumi\nhostnames: [uan*]\nslurm: {account: project_9}\n")
+    monkeypatch.setenv("AUTOEXP_SITE_PATH", str(mine))
+    assert sitemod.detect("uan01") == "mylumi" and sitemod.detect("nid000001") == "lumi"
+    assert sitemod.load("mylumi").values["slurm"]["partition"] == "standard-g"
+
+
+# --------------------------------------------------------------------------- the chain sidecar
+
+@pytest.mark.usefixtures("slurm")
+def test_a_chain_sidecar_keeps_the_state_current_without_holding_an_allocation(workdir, cleanup):
+    """Mode chain (JUWELS): each sidecar job polls once and submits the next one to begin after the
+    interval. The state still follows the runs, and no sidecar allocation outlives its poll."""
+    interval = 6
+    name = f"chain-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {
+        "name": name, "site": "local", "command": "sleep {{ s }}; echo finished {{ s }}",
+        "sweep": {"list": [{"s": 6}, {"s": 24}]}, "run_name": "s{{ s }}",
+        "sidecar": {"mode": "chain"}, "monitor": {"interval": interval}})
+    proc = autoexp("launch", path, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    exp = workdir / "experiments" / name
+    cleanup(exp)
+    try:
+        # Current: the short run is seen COMPLETED while the long one still runs.
+        wait_for(lambda: (lambda r: r["s6"]["state"] == "COMPLETED" and r["s24"]["state"] == "RUNNING")(
+            read_state(exp)["runs"]), timeout=120, interval=0.5, what="s6 COMPLETED while s24 RUNNING")
+        final = wait_state_done(exp, timeout=180)
+        assert {r["state"] for r in final["runs"].values()} == {"COMPLETED"}
+    finally:
+        pending = subprocess.run(["squeue", "-h", "-o", "%i", f"--name=autoexp-sidecar-{name}"],
+                                 capture_output=True, text=True, timeout=30).stdout.split()
+        if pending:
+            subprocess.run(["scancel", *pending], capture_output=True, timeout=30)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-o", "%i", f"--name=autoexp-sidecar-{name}"],
+                                        capture_output=True, text=True, timeout=30).stdout.split(),
+             timeout=30, what="the chain to stop once the experiment is done")
+    rows = sidecar_allocations(name)
+    assert len(rows) >= 3, rows  # a chain, not one long job
+    for job, state, elapsed, start, end in rows:
+        assert state == "COMPLETED" and int(elapsed) < interval, rows  # one poll: seconds, not the interval
+    for (_, _, _, _, end), (_, _, _, start, _) in zip(rows, rows[1:]):
+        assert to_epoch(start) - to_epoch(end) >= interval - 1, rows  # the wait is spent outside an allocation
+
+
+def sidecar_allocations(name: str) -> list[list[str]]:
+    proc = subprocess.run(["sacct", "-X", "-n", "-P", f"--name=autoexp-sidecar-{name}", "--starttime=now-1hour",
+                           "--format=JobID,State,ElapsedRaw,Start,End"], capture_output=True, text=True,
+                          timeout=60, check=True, env={**os.environ, "TZ": "UTC"})
+    return sorted((line.split("|") for line in proc.stdout.splitlines() if line), key=lambda r: r[3])
+
+
+def to_epoch(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
