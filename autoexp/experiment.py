@@ -152,17 +152,15 @@ def _select(exp_dir: Path, st: dict, names) -> list[str]:
 
 
 def watcher(exp_dir: Path, st: dict, sched: schedmod.Scheduler) -> str:
-    """Who watches the experiment: "alive" or "starting" (see status), "queued" (stale by the
-    clock, but its job never started and the scheduler still has it pending), or "none"."""
-    health = view.health(st, exp_dir)
-    if health["sidecar"] in ("alive", "starting"):
-        return health["sidecar"]
-    sidecar = st["sidecar"]
-    if health["sidecar"] == "stale" and sidecar.get("job_id") and not sidecar.get("heartbeat"):
-        since = statefile.parse_time(sidecar.get("submitted") or st["created"])
-        if any(r.state == "PENDING" for r in sched.query([sidecar["job_id"]], since)):
-            return "queued"
-    return "none"
+    """Who watches the experiment: "alive" or "starting" (see status), "queued" (its job has not
+    started yet), or "none". The sidecar's own test decides, asking the scheduler, so a sidecar
+    that was scancelled counts as gone at once, not three intervals later."""
+    from .sidecar import alive
+
+    if not alive(st, sched):
+        return "none"
+    health = view.health(st, exp_dir)["sidecar"]
+    return health if health in ("alive", "starting") else "queued"
 
 
 def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:

@@ -12,7 +12,7 @@ time of the one `sacct` call (a counting shim on PATH checks it is one) and of a
 (parse sacct's output, read state, apply the records, scan logs, write state.json, the summary and
 events.log), and the child's peak RSS. Run it alone on the cluster: other jobs skew the figures.
 
-Then log matching: --log-mb of synthetic training logs (64 files) scanned by `autoexp.logwatch`
+Then log matching: --log-mb of synthetic training logs (64 files) scanned by `autoexp.sidecar.logwatch`
 with the seed's patterns, beside `grep -E -c` with the same patterns on the same files.
 """
 
@@ -34,7 +34,8 @@ from pathlib import Path
 import yaml
 
 import autoexp
-from autoexp import logwatch, scheduler as schedmod, sidecar, slurm, state as statefile
+from autoexp import scheduler as schedmod, sidecar, slurm, state as statefile
+from autoexp.sidecar import logwatch
 
 EVENTS = [{"name": "nan_loss", "pattern": r"loss[=:]\s*nan", "action": "log"},
           {"name": "checkpoint", "pattern": r"saved checkpoint (?P<path>\S+)"}]

@@ -7,7 +7,6 @@ with the CLI, as a user would; the cleanup fixture cancels whatever is left of i
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from autoexp import cli, config as configmod
-from conftest import autoexp, write_config
+from conftest import autoexp
 
 GOOD = {
     "name": "cfgtest",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from autoexp import logwatch
+from autoexp.sidecar import logwatch
 
 RULES = logwatch.Rules.from_monitor({
     "events": [{"name": "nan_loss", "pattern": r"loss[=:]\s*nan", "action": "cancel"},

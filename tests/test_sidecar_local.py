@@ -7,6 +7,11 @@ and `--once`.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
+
 import autoexp
 from autoexp import sidecar
 from autoexp.local import LocalScheduler
@@ -62,3 +67,15 @@ def test_once_polls_a_single_time_and_frees_the_lease(workdir):
     result = wait_for(lambda: (lambda r: r if r.done else None)(sidecar.reconcile(exp)), timeout=30,
                       what="reconcile to see the run end")
     assert read_state(exp)["runs"]["fail0"]["state"] == "FAILED"
+
+
+def test_a_sidecar_whose_experiment_was_deleted_exits(workdir):
+    """A local sidecar runs on this machine: it must not outlive the experiment it watches."""
+    path = write_config(workdir, {"name": "gone", "command": "sleep 20", "monitor": {"interval": 1}})
+    exp_dir = autoexp.plan_experiment(autoexp.load_config(path), scheduler="local").exp_dir
+    proc = subprocess.Popen([sys.executable, "-m", "autoexp", "sidecar", str(exp_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)
+    shutil.rmtree(exp_dir)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "is gone; exiting" in out

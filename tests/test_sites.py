@@ -3,7 +3,6 @@ exactly, are found by name, path or hostname, and take accounts from the environ
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time

@@ -1,4 +1,5 @@
-"""The sidecar: a small job on a compute node that keeps an experiment's state true, through any fault.
+"""The sidecar (``autoexp.sidecar``): a small job on a compute node that keeps an experiment's state
+true, through any fault.
 
 One poll (:func:`poll`; :func:`reconcile` is the same without a lease, for ``status --refresh``):
 
@@ -37,10 +38,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import actions, logwatch, report, scheduler as schedmod, state as statefile
-from .config import Config, parse_duration
-from .errors import AutoexpError
-from .scheduler import TERMINAL, JobRecord, Scheduler
+from .. import actions, report, scheduler as schedmod, state as statefile
+from ..config import Config, parse_duration
+from ..errors import AutoexpError
+from ..scheduler import TERMINAL, JobRecord, Scheduler
+from . import logwatch
 
 SINCE_MARGIN = 600  # s: accounting is asked from the experiment's creation minus this (clock skew)
 STALE_MIN = 10  # s: a heartbeat younger than max(3 intervals, this) means the holder is alive
@@ -685,6 +687,9 @@ def run(exp_dir: Path, once: bool = False) -> int:
             print(f"autoexp sidecar {me}: job {lost} took the lease over; exiting", flush=True)
             return 0
         except Exception as err:  # never crash: note it, wait, try again
+            if not (exp_dir / statefile.STATE).exists():  # the experiment was deleted: nothing to keep
+                print(f"autoexp sidecar {me}: {exp_dir / statefile.STATE} is gone; exiting", flush=True)
+                return 1
             traceback.print_exc()
             _note_error(exp_dir, me, err)
             result = PollResult()
