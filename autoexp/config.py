@@ -124,6 +124,23 @@ def parse_duration(text: Any) -> float:
     raise ValueError(text)
 
 
+def slurm_time_seconds(text: Any) -> float | None:
+    """Seconds in a Slurm time limit (a bare number is minutes, ``M:S`` is minutes and seconds);
+    None for no limit (``UNLIMITED``, empty) or a value Slurm would not read."""
+    text = "" if text is None else str(text)
+    if not text or text in ("UNLIMITED", "INFINITE"):
+        return None
+    if text.isdigit():
+        return int(text) * 60.0
+    if text.count(":") == 1 and "-" not in text:
+        minutes, seconds = text.split(":")
+        return int(minutes) * 60.0 + int(seconds)
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return None
+
+
 def duration(value, path):
     try:
         seconds = parse_duration(value)

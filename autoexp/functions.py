@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import experiment, state as statefile
+from .config import slurm_time_seconds
 from .errors import AutoexpError, InputError, SchedulerError
 from .run import CurrentRun, current_run
 from .scheduler import TERMINAL, Submission
@@ -88,7 +89,7 @@ def function_config(config, overrides=(), site: str | None = None):
     requeue = {"signal": JobEnvironment.USR_SIG, **REQUEUE, **(data.get("requeue") or {}), "by": "command"}
     data["requeue"] = requeue
     data["env"] = {**data["env"], "SUBMITIT_PREEMPT_SIGNAL": requeue["signal"]}
-    limit = slurm_seconds(data["slurm"].get("time"))
+    limit = slurm_time_seconds(data["slurm"].get("time"))
     if limit is None:
         raise loaded.error("slurm.time", "a function sweep needs a time limit: submitit counts its "
                            "requeues against it")
@@ -96,13 +97,6 @@ def function_config(config, overrides=(), site: str | None = None):
         raise loaded.error("requeue.before", f"{requeue['before']} s is not shorter than the time limit "
                            f"({data['slurm']['time']}): every allocation would be signalled at once")
     return loaded
-
-
-def slurm_seconds(text) -> float | None:
-    """Seconds in a Slurm time limit (a bare number is minutes); None for none or UNLIMITED."""
-    from .local import _limit
-
-    return _limit(str(text)) if text is not None else None
 
 
 class Submitter(SlurmScheduler):
@@ -156,7 +150,7 @@ class Submitter(SlurmScheduler):
         # defaults key by key (its keys are Python names: job_name, not job-name).
         additional = {key.replace("-", "_"): value if value != "" else True
                       for key, value in directives.items() if key != "open-mode"}
-        executor.update_parameters(time=math.ceil(slurm_seconds(directives["time"]) / 60), use_srun=False,
+        executor.update_parameters(time=math.ceil(slurm_time_seconds(directives["time"]) / 60), use_srun=False,
                                    stderr_to_stdout=True, wckey=None, additional_parameters=additional)
         return executor
 
@@ -240,7 +234,7 @@ def adopt(run: CurrentRun, target: Path) -> None:
         if source.exists():
             config = Config.from_experiment(run.exp_dir)
             delayed = DelayedSubmission.load(source)
-            delayed.set_timeout(math.ceil(slurm_seconds(config["slurm"]["time"]) / 60), config["requeue"]["max"])
+            delayed.set_timeout(math.ceil(slurm_time_seconds(config["slurm"]["time"]) / 60), config["requeue"]["max"])
             with temporary_save_path(target) as tmp:
                 delayed.dump(tmp)
             print(f"autoexp: attempt {run.attempt} starts from the call pickled by job {job_id}", flush=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from typing import Sequence
 import filelock
 import psutil
 
-from .config import parse_duration
+from .config import slurm_time_seconds
 from .errors import SchedulerError
 from .scheduler import JobRecord, Scheduler, Submission
 from .slurm import expand_range
@@ -60,7 +59,7 @@ class LocalScheduler(Scheduler):
                   "throttle": throttle, "runner": None, "cwd": str(self.exp_dir),
                   "env": dict(sub.env), "name": directives.get("job-name", script.name),
                   "output": directives.get("output", "slurm-%j.out"),
-                  "time_limit": _limit(directives.get("time")),
+                  "time_limit": slurm_time_seconds(directives.get("time")),
                   "tasks": {str(t): {"state": "PENDING", "submitted": now()} for t in tasks}}
         write_job(self.jobs / f"{job_id}.json", record)
         log = open(self.root / f"runner-{job_id}.log", "ab")
@@ -147,17 +146,6 @@ def read_directives(script: Path) -> dict[str, str]:
 def _parse_array(spec: str) -> tuple[list[int], int]:
     body, _, throttle = spec.partition("%")
     return expand_range(body), int(throttle or 0)
-
-
-def _limit(time_text: str | None) -> float | None:
-    if not time_text or time_text in ("UNLIMITED", "INFINITE"):
-        return None
-    if re.fullmatch(r"\d+", time_text):
-        return int(time_text) * 60.0  # Slurm reads a bare number as minutes
-    if re.fullmatch(r"\d+:\d+", time_text):
-        minutes, seconds = time_text.split(":")
-        return int(minutes) * 60.0 + int(seconds)
-    return parse_duration(time_text)
 
 
 def _alive(pid: int | None) -> bool:

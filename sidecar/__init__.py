@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import actions, report, scheduler as schedmod, state as statefile
-from ..config import Config, parse_duration
+from ..config import Config, parse_duration, slurm_time_seconds
 from ..errors import AutoexpError
 from ..scheduler import TERMINAL, JobRecord, Scheduler
 from . import logwatch
@@ -107,23 +107,9 @@ class Settings:
             retry_on=frozenset(s.upper() for s in retries.get("on") or []),
             mode=sidecar.get("mode") or "job",
             handover=parse_duration(sidecar.get("handover") or "5m"),
-            time_limit=_slurm_seconds(limit),
+            time_limit=slurm_time_seconds(limit),
             mail=bool((data.get("notify") or {}).get("mail")),
         )
-
-
-def _slurm_seconds(text: str) -> float | None:
-    if not text or text in ("UNLIMITED", "INFINITE"):
-        return None
-    if text.isdigit():
-        return int(text) * 60.0  # Slurm reads a bare number as minutes
-    if text.count(":") == 1 and "-" not in text:
-        minutes, seconds = text.split(":")
-        return int(minutes) * 60.0 + int(seconds)
-    try:
-        return parse_duration(text)
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------------- the lease
