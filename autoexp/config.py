@@ -94,12 +94,6 @@ def number(minimum: float = 0.0) -> Check:
     return check
 
 
-def boolean(value, path):
-    if not isinstance(value, bool):
-        raise _Invalid(path, f"expected true or false, got {_type_name(value)} {value!r}")
-    return value
-
-
 def slurm_time(value, path):
     text = string()(value, path)
     if not SLURM_TIME_RE.match(text):

@@ -97,9 +97,3 @@ def _undefined_message(message: str, context: dict) -> str:
     hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known: {', '.join(sorted(context))})"
     return f"undefined variable '{name}'{hint}"
 
-
-def check_syntax(source: str, where: tuple[str, str]) -> None:
-    try:
-        _compile("plain", source)
-    except jinja2.TemplateSyntaxError as err:
-        raise InputError(f"template syntax error: {err.message}", *where) from None

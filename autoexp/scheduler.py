@@ -16,9 +16,6 @@ from typing import Mapping, Sequence
 # States after which a job will not change again (REQUEUED and PREEMPTED may come back).
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                       "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"})
-ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                    "SUSPENDED", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED",
-                    "RESV_DEL_HOLD"})
 
 
 @dataclass
@@ -37,7 +34,6 @@ class JobRecord:
     exit_code: str | None = None
     nodes: str | None = None
     reason: str = ""  # what follows the state, e.g. "by 1000" in "CANCELLED by 1000"
-    restarts: int = 0  # how many times Slurm requeued it before this record
     collapsed: bool = False  # expanded from a pending range row (123_[4-9]): no row of its own yet
 
     @property

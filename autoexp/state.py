@@ -75,10 +75,6 @@ def log(state: dict, kind: str, subject: str, when: str | None = None, **details
     state["history"].append(entry)
 
 
-def run_by_index(state: dict) -> dict[int, str]:
-    return {run["index"]: name for name, run in state["runs"].items()}
-
-
 # --------------------------------------------------------------------------- files
 
 def path(exp_dir: Path) -> Path:

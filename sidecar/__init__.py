@@ -164,16 +164,6 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def restart(exp_dir: Path, sched: Scheduler | None = None, reason: str = "resume") -> str | None:
-    """Submit a new sidecar unless the experiment is done or its sidecar is alive; its job id."""
-    exp_dir = Path(exp_dir)
-    sched = sched or _scheduler(exp_dir)
-    with statefile.locked(exp_dir) as st:
-        if st.get("done") or alive(st, sched):
-            return None
-        return actions.submit_sidecar(exp_dir, st, sched, reason=reason)
-
-
 class LeaseLost(Exception):
     """Another sidecar holds the lease: this one must stop without writing anything."""
 
