@@ -43,7 +43,8 @@ reservation signal sockets-per-node spread-job switches test-only thread-spec th
 time-min tmp uid use-min-nodes verbose wait wait-all-nodes wckey wrap
 """.split())
 # Options autoexp sets itself: a value from the user would break how runs find their logs.
-SBATCH_MANAGED = frozenset({"array", "output", "error", "parsable", "wrap", "test-only", "wait", "open-mode"})
+SBATCH_MANAGED = frozenset({"array", "output", "error", "parsable", "wrap", "test-only", "wait", "open-mode",
+                            "chdir"})
 
 
 # --------------------------------------------------------------------------- schema
@@ -355,9 +356,17 @@ ENV_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\}|:-)")
 # --------------------------------------------------------------------------- loading
 
 class Loader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML reads it, except that ``1e-5`` is a float (as in YAML 1.2), not a string."""
+    """YAML as PyYAML reads it, with two YAML 1.2 rules: ``1e-5`` is a float, not a string, and only
+    ``true``/``false`` are booleans, so ``on:`` (retries.on) is a key and ``yes``/``no``/``off``
+    are strings, not YAML 1.1's booleans."""
 
 
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

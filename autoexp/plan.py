@@ -136,13 +136,14 @@ def sbatch_lines(options: dict) -> list[str]:
     return lines
 
 
-def slurm_output(directory: Path, pattern: str, config: Config) -> str:
-    """An --output value: ``directory`` must be literal for Slurm, ``pattern`` may use %A, %a, %j."""
+def slurm_path(directory: Path, config: Config, pattern: str = "") -> str:
+    """A path for an ``#SBATCH`` line (--output, --chdir): ``directory`` must be literal for Slurm,
+    ``pattern`` may use %A, %a, %j."""
     text = str(directory)
     if any(c in text for c in '%"\n'):
         raise config.error("output_dir", f"{text!r}: Slurm cannot write logs to a path with %, \" "
                            "or a newline in it")
-    text = f"{text}/{pattern}"
+    text = f"{text}/{pattern}" if pattern else text
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
@@ -251,7 +252,9 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     arrays = split(len(runs), max_array_size, config.get("max_parallel"))
     env = environment()
     plan = Plan(config, exp_dir, scheduler_name, runs, arrays)
-    common = {"name": config.name, "exp_dir": str(exp_dir), "python": config.get("python") or sys.executable}
+    # Jobs start in the experiment directory (--chdir), never where `autoexp launch` was run.
+    common = {"name": config.name, "exp_dir": str(exp_dir), "chdir": slurm_path(exp_dir, config),
+              "python": config.get("python") or sys.executable}
 
     tasks_template = env.get_template(TASKS_TEMPLATE)
     plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
@@ -261,7 +264,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     for k, array in enumerate(arrays):
         context = {**common, **launch_context(config), "config": config.data,
                    "job_name": slurm_options["job-name"], "array": array.spec, "offset": array.offset,
-                   "output": slurm_output(exp_dir / ".index" / str(k), "%a/slurm-%A_%a.out", config),
+                   "output": slurm_path(exp_dir / ".index" / str(k), config, "%a/slurm-%A_%a.out"),
                    "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm_options.items() if k2 != "job-name"}),
                    "n_runs": len(runs), "requeue": config.get("requeue") or {}}
         plan.files[array.script] = _render(array_template, context, where, names)
@@ -286,7 +289,7 @@ def sidecar_options(config: Config) -> dict:
 def render_sidecar(env: jinja2.Environment, config: Config, common: dict) -> str:
     options = sidecar_options(config)
     context = {**common, "job_name": options.pop("job-name"),
-               "output": slurm_output(Path(common["exp_dir"]) / "logs", "sidecar-%j.out", config),
+               "output": slurm_path(Path(common["exp_dir"]) / "logs", config, "sidecar-%j.out"),
                "sbatch_lines": sbatch_lines(options), "sidecar_args": "",
                "mode": config["sidecar"].get("mode", "job")}
     template, where, names = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)

@@ -2,7 +2,9 @@
 
 * ``line``: shell text written by the user (``command``, ``setup``); every ``{{ value }}`` is
   shell-quoted, so a parameter like ``x"; rm -rf ~; echo "`` reaches the program as one argument.
-* ``word``: a value that becomes one shell word (``env`` values): the whole result is quoted.
+* ``word``: a value that becomes one shell word (``env`` values): the result is double-quoted, so
+  ``${VAR}`` written in the config expands in the task's shell (``HF_HOME: ${SCRATCH}/hf``), while
+  every inserted value stays verbatim (its ``$``, backquotes, quotes and backslashes escaped).
 * ``plain``: text that is not shell (``run_name``).
 
 ``attempt`` is only known when a task starts, so it renders as a reference to ``$AUTOEXP_ATTEMPT``.
@@ -32,8 +34,10 @@ class ShellVar:
         return f"${{{self.name}}}"
 
 
-_SENTINEL = "\x00{}\x00"
-_SENTINEL_RE = re.compile("\x00([A-Za-z_][A-Za-z0-9_]*)\x00")
+# In ``word`` mode an inserted value is fenced by these two characters until the whole word is
+# assembled: the text between fences is escaped as data, the text outside as the user's shell text.
+_OPEN, _CLOSE = "\x01", "\x02"
+_FENCED = re.compile(f"{_OPEN}(.*?){_CLOSE}", re.DOTALL)
 
 
 def _finalize_line(value: Any) -> str:
@@ -43,7 +47,19 @@ def _finalize_line(value: Any) -> str:
 
 
 def _finalize_word(value: Any) -> str:
-    return _SENTINEL.format(value.name) if isinstance(value, ShellVar) else _text(value)
+    if isinstance(value, ShellVar):
+        return str(value)  # outside the fences: the task's shell expands it
+    text = _text(value).replace(_OPEN, "").replace(_CLOSE, "")
+    return f"{_OPEN}{text}{_CLOSE}"
+
+
+def double_quoted(rendered: str) -> str:
+    """One double-quoted shell word: ``$`` expands in the config's own text, never in values."""
+    parts = []
+    for i, piece in enumerate(_FENCED.split(rendered)):
+        escaped = re.sub(r'(["\\`])', r"\\\1", piece)
+        parts.append(escaped.replace("$", "\\$") if i % 2 else escaped)
+    return '"' + "".join(parts) + '"'
 
 
 def _finalize_plain(value: Any) -> str:
@@ -82,10 +98,7 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
         raise InputError(f"template syntax error: {err.message}", *where) from None
     except Exception as err:  # a filter or expression failing on a value
         raise InputError(f"template error: {err}", *where) from None
-    if mode == "word":
-        # Inside the single-quoted word, close the quotes around each runtime variable.
-        out = _SENTINEL_RE.sub(lambda m: f"'\"${{{m.group(1)}}}\"'", shlex.quote(out))
-    return out
+    return double_quoted(out) if mode == "word" else out
 
 
 def _undefined_message(message: str, context: dict) -> str:

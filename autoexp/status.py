@@ -10,8 +10,10 @@ The JSON document is the state as written by the sidecar with two keys added:
 
 ``health``    ``{"sidecar": "alive" | "starting" | "stale" | "finished" | "not_launched",
               "job_id", "host", "heartbeat", "stopped", "age_s", "interval_s", "stale_after_s",
-              "fix"}``: stale means no heartbeat for three polling intervals (or a sidecar that
-              stopped before the end), and ``fix`` is then the command that repairs it;
+              "fix", "log", "last_error"}``: stale means no heartbeat for three polling intervals
+              (or a sidecar that stopped before the end), and ``fix`` is then the command that
+              repairs it; ``log`` is the stale sidecar's log and ``last_error`` its last line when
+              that line reports an error (a sidecar that crashed says why);
 ``progress``  ``{"runs", "finished", "failed", "cancelled", "active"}`` from the state's counts.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -31,6 +34,9 @@ from .scheduler import TERMINAL
 STALE_INTERVALS = 3  # no heartbeat for this many polling intervals: the sidecar is stale
 FAILED = frozenset(report.PROBLEM_STATES) - {"CANCELLED"}  # what `retry --failed` resubmits
 ROWS_OFF_TERMINAL = 50  # table rows shown when not on a terminal (--all shows every run)
+LOG_TAIL_BYTES = 8192  # how much of a stale sidecar's log is read for its last line
+ERROR_LINE = re.compile(r"(?i)error|exception|traceback|no such file|not found|permission denied|killed"
+                        r"|cancelled|time ?limit|failed|cannot|unable")
 
 
 # --------------------------------------------------------------------------- the document
@@ -60,7 +66,7 @@ def health(state: dict, exp_dir: Path, now: dt.datetime | None = None) -> dict:
     result = {"sidecar": "not_launched", "job_id": sidecar.get("job_id"), "host": sidecar.get("host"),
               "heartbeat": sidecar.get("heartbeat"), "stopped": sidecar.get("stopped"), "age_s": None,
               "interval_s": interval, "stale_after_s": STALE_INTERVALS * interval if interval else None,
-              "fix": None}
+              "fix": None, "log": None, "last_error": None}
     beat = statefile.parse_time(sidecar.get("heartbeat") or sidecar.get("submitted"))
     if beat:
         result["age_s"] = max(0, round((now - beat).total_seconds()))
@@ -73,7 +79,34 @@ def health(state: dict, exp_dir: Path, now: dt.datetime | None = None) -> dict:
     elif launched:  # silent for three intervals, or stopped (scancel, time limit) before the end
         result["sidecar"] = "stale"
         result["fix"] = f"autoexp resume {shlex.quote(str(exp_dir))}"
+        log = sidecar_log(Path(exp_dir), sidecar.get("job_id"))
+        if log:
+            result["log"], result["last_error"] = str(log), last_error(log)
     return result
+
+
+def sidecar_log(exp_dir: Path, job_id: str | None) -> Path | None:
+    """The log of sidecar job ``job_id`` (logs/sidecar-<id>.out), else the newest sidecar log."""
+    if job_id and (exp_dir / "logs" / f"sidecar-{job_id}.out").is_file():
+        return exp_dir / "logs" / f"sidecar-{job_id}.out"
+    try:
+        logs = [(p.stat().st_mtime, p) for p in (exp_dir / "logs").glob("sidecar-*.out")]
+    except OSError:
+        return None
+    return max(logs)[1] if logs else None
+
+
+def last_error(log: Path) -> str | None:
+    """The last non-empty line of ``log`` if it reports an error (a traceback's last line, bash's
+    "No such file or directory", Slurm's "CANCELLED ... DUE TO TIME LIMIT"), else None."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            tail = fh.read(LOG_TAIL_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1][:300] if lines and ERROR_LINE.search(lines[-1]) else None
 
 
 def progress(state: dict) -> dict:
@@ -223,6 +256,10 @@ def health_line(doc: dict, paint: Painter) -> str:
             f"no heartbeat for {age}{limit}" if h["heartbeat"] else \
             f"submitted {age} ago and not started{limit}: still queued, or lost"
         detail = f"job {h['job_id'] or '-'}: {since}; nothing is updating this state. Fix: {paint(h['fix'], 'bold')}"
+        if h.get("log"):
+            detail += f"\n  sidecar log: {h['log']}"
+        if h.get("last_error"):
+            detail += f"\n  last line:   {paint(h['last_error'], 'red')}"
     elif h["sidecar"] == "finished":
         detail = "every run has ended"
     else:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: provision the Slurm test cluster, install autoexp (a plain, non-editable
-# `pip install .` into a fresh venv), and run pytest as the unprivileged user autoexp-test, with
-# a missing cluster failing the run (AUTOEXP_REQUIRE_SLURM=1). Extra arguments go to pytest.
+# `pip install .` into a fresh venv, every version pinned by tests/constraints.txt), and run pytest
+# as the unprivileged user autoexp-test, with a missing cluster failing the run
+# (AUTOEXP_REQUIRE_SLURM=1). Run it as root, or as a user with sudo (it re-runs itself with sudo).
+# Extra arguments go to pytest.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ "$(id -u)" -ne 0 ]; then
@@ -14,13 +16,21 @@ echo "== cluster"
 bash "$repo/cluster/setup.sh"
 
 echo "== sudo rule: $test_user may set test nodes down/up (the NODE_FAIL test)"
-command -v sudo >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sudo >/dev/null; }
+# sudo (the NODE_FAIL test), git (the README test clones) and GNU time (bench/status.py, run by it).
+missing=()
+command -v sudo >/dev/null || missing+=(sudo)
+command -v git >/dev/null || missing+=(git)
+[ -x /usr/bin/time ] || missing+=(time)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 printf '%s ALL=(root) NOPASSWD: /usr/bin/scontrol update nodename=*\n' "$test_user" >/etc/sudoers.d/autoexp-test
 chmod 440 /etc/sudoers.d/autoexp-test
 
 echo "== install autoexp into $venv"
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+export PIP_CONSTRAINT="$repo/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
+"$venv/bin/python" -m pip install -q pip >/dev/null
 "$venv/bin/python" -m pip install -q "$repo[test]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$repo"
 
@@ -29,11 +39,18 @@ work=$(mktemp -d /tmp/autoexp-tests.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 tar -C "$repo" --exclude=.git --exclude='*.egg-info' --exclude=build -cf - . | tar -C "$work" -xf -
 rm -rf "$work/autoexp"  # the tests must use the installed package, not the source tree
+# The README test clones the repository as a newcomer would: from a clone of this checkout's
+# committed HEAD, made here because the test user may not read the checkout's .git.
+if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+  git clone -q --no-hardlinks "$repo" "$work/.origin"
+  export AUTOEXP_ORIGIN="$work/.origin"
+fi
 chown -R "$test_user:" "$work"
 chmod 755 "$work"
 cd "$work"
 set +e
 runuser -u "$test_user" -- env HOME="/home/$test_user" PATH="$venv/bin:$PATH" AUTOEXP_REQUIRE_SLURM=1 \
+  PIP_CONSTRAINT="$work/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1 AUTOEXP_ORIGIN="${AUTOEXP_ORIGIN:-}" \
   "$venv/bin/python" -m pytest -p no:cacheprovider -rs "$work/tests" "$@"
 status=$?
 set -e

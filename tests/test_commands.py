@@ -7,6 +7,7 @@ with the CLI, as a user would; the cleanup fixture cancels whatever is left of i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -223,3 +224,21 @@ def test_refresh_reconciles_with_sacct_when_no_sidecar_is_alive(workdir, cleanup
     assert status(exp)["health"]["sidecar"] == "stale"
     doc = json.loads(run_cli("status", exp, "--json", "--refresh", check=True).stdout)
     assert doc["counts"] == {"COMPLETED": 2}
+
+
+def test_a_crashed_sidecar_shows_its_log_and_last_error_line(workdir, cleanup):
+    """A broken `python:` key kills the sidecar job at once; `status` (no Slurm call) says why."""
+    path = write_config(workdir, {
+        "name": "crash", "output_dir": str(workdir / "experiments"), "command": "true", "run_name": "r{{ k }}",
+        "sweep": {"grid": {"k": [0, 1]}}, "slurm": {"time": "00:05:00"}, "python": "/nonexistent/bin/python3",
+        "monitor": {"interval": 1}}, name="crash.yaml")
+    exp = workdir / "experiments" / "crash"
+    cleanup(exp)
+    run_cli("launch", path, cwd=workdir, check=True)
+    shown = wait_for(lambda: (lambda out: out if "last line:" in out else None)(
+        run_cli("status", exp, check=True).stdout), timeout=120, what="status to show the sidecar's last line")
+    log = exp / "logs" / f"sidecar-{read_state(exp)['sidecar']['job_id']}.out"
+    assert "sidecar: STALE" in shown and f"Fix: autoexp resume {exp}" in shown
+    assert f"sidecar log: {log}" in shown
+    assert re.search(r"last line: +.*/nonexistent/bin/python3: No such file or directory", shown), shown
+    assert status(exp)["health"]["last_error"].endswith("No such file or directory")

@@ -121,6 +121,19 @@ def test_yaml_exponent_without_dot_is_a_float(workdir):
     assert cfg["sweep"]["grid"]["lr"] == [1e-5, 3e-4]
 
 
+def test_only_true_and_false_are_booleans(workdir):
+    """`retries: {on: [...]}` as the README writes it: `on` is a key, not YAML 1.1's true."""
+    path = write_case(workdir, "name: x\ncommand: echo {{ flag }}\nsweep: {grid: {flag: [yes, no, on, off]}}\n"
+                               "monitor: {retries: {max: 2, on: [NODE_FAIL, PREEMPTED]}}\n"
+                               "slurm: {exclusive: true, requeue: False}\n")
+    cfg = configmod.load(path)
+    assert cfg["monitor"]["retries"] == {"max": 2, "on": ["NODE_FAIL", "PREEMPTED"]}
+    assert cfg["sweep"]["grid"]["flag"] == ["yes", "no", "on", "off"]
+    assert cfg["slurm"]["exclusive"] is True and cfg["slurm"]["requeue"] is False
+    assert configmod.parse_override("monitor.retries.on=[NODE_FAIL]") == ("monitor.retries.on", ["NODE_FAIL"])
+    assert configmod.parse_override("slurm.exclusive=true") == ("slurm.exclusive", True)
+
+
 def test_sbatch_option_spellings_are_normalised(workdir):
     path = write_case(workdir, variant(slurm={"cpus_per_task": 4, "exclusive": True, "qos": None}))
     cfg = configmod.load(path)

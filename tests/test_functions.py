@@ -82,7 +82,10 @@ def test_an_exception_is_readable_and_a_retry_runs_the_call_again(workdir, clean
     assert run["state"] == "FAILED" and run["error"] == "ValueError: x=3 fails on its first attempt"
     failed = autoexp.results(launched.exp_dir)[name]
     assert isinstance(failed, autoexp.RunFailed) and "ValueError: x=3 fails" in str(failed)
-    assert 'raise ValueError(f"x={x} fails on its first attempt")' in failed.traceback
+    # The frame that raised and the exception, not its source line (cloudpickle decides whether
+    # the source of a function pickled by value can be shown).
+    assert ", in flaky" in failed.traceback
+    assert failed.traceback.rstrip().endswith("ValueError: x=3 fails on its first attempt")
 
     retried = autoexp.retry(launched.exp_dir, failed=True)
     assert retried["runs"] == [name]

@@ -77,6 +77,23 @@ def test_parameter_values_reach_the_program_verbatim(workdir, tmp_path):
     assert not owned.exists()
 
 
+def test_env_expands_the_configs_own_references_but_never_a_value(workdir):
+    """`${VAR}` written in `env` expands in the task's shell (HF_HOME: ${SCRATCH}/hf); a sweep value
+    inserted into `env` stays verbatim, whatever it holds."""
+    path = probe_config(workdir, ["$HOME", '`id` "q" \\'], env={
+        "MY_DATA": "${HOME}/data", "MY_TAGGED": "{{ value }}-${AUTOEXP_TEST_SUFFIX:-none}-a{{ attempt }}",
+        "MY_QUOTED": 'say "hi" \\ `later`'})
+    assert cli.main(["plan", str(path), "--scheduler", "local"]) == 0
+    exp = workdir / "experiments" / "probe"
+    for index, value in enumerate(["$HOME", '`id` "q" \\']):
+        proc = run_task(exp, index, env={"HOME": "/home/someone", "AUTOEXP_TEST_SUFFIX": "sfx"})
+        assert proc.returncode == 0, proc.stderr
+        env = json.loads((exp / "runs" / f"r{index}" / "probe.json").read_text())["env"]
+        assert env["MY_DATA"] == "/home/someone/data"
+        assert env["MY_TAGGED"] == f"{value}-sfx-a1"
+        assert env["MY_QUOTED"] == 'say "hi" \\ `later`'
+
+
 def test_requeue_counts_as_a_further_attempt(workdir):
     path = probe_config(workdir, ["v"])
     assert cli.main(["plan", str(path), "--scheduler", "local"]) == 0

@@ -141,7 +141,7 @@ def test_json_is_the_state_plus_health_and_progress(workdir):
     assert doc["progress"] == {"runs": 6, "finished": 5, "failed": 1, "cancelled": 1, "active": 1}
     assert sum(doc["counts"].values()) == len(doc["runs"]) == 6
     assert set(doc["health"]) == {"sidecar", "job_id", "host", "heartbeat", "stopped", "age_s", "interval_s",
-                                  "stale_after_s", "fix"}
+                                  "stale_after_s", "fix", "log", "last_error"}
     api = autoexp.status(exp)  # the Python API returns the same document
     for document in (api, doc):
         del document["health"]["age_s"]

@@ -6,9 +6,9 @@ case "$AUTOEXP_RUN_INDEX" in
   AUTOEXP_RUN_DIR='/scratch/it'"'"'s a $dir (1)/exp/golden/runs/lr0.0001_tagtwo-words'
   autoexp_env() {
     :
-    export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3
-    export NCCL_NET_GDR_LEVEL=PHB
-    export HF_HOME='/scratch/hf cache/lr0.0001_tagtwo-words'
+    export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"
+    export NCCL_NET_GDR_LEVEL="PHB"
+    export HF_HOME="/scratch/hf cache/lr0.0001_tagtwo-words"
   }
   autoexp_setup() {
     :
@@ -27,9 +27,9 @@ case "$AUTOEXP_RUN_INDEX" in
   AUTOEXP_RUN_DIR='/scratch/it'"'"'s a $dir (1)/exp/golden/runs/lr0.0003_tagit-s-HOME-id-'
   autoexp_env() {
     :
-    export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3
-    export NCCL_NET_GDR_LEVEL=PHB
-    export HF_HOME='/scratch/hf cache/lr0.0003_tagit-s-HOME-id-'
+    export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"
+    export NCCL_NET_GDR_LEVEL="PHB"
+    export HF_HOME="/scratch/hf cache/lr0.0003_tagit-s-HOME-id-"
   }
   autoexp_setup() {
     :
