@@ -51,7 +51,7 @@ cd "$work"
 set +e
 runuser -u "$test_user" -- env HOME="/home/$test_user" PATH="$venv/bin:$PATH" AUTOEXP_REQUIRE_SLURM=1 \
   PIP_CONSTRAINT="$work/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1 AUTOEXP_ORIGIN="${AUTOEXP_ORIGIN:-}" \
-  "$venv/bin/python" -m pytest -p no:cacheprovider -rs "$work/tests" "$@"
+  "$venv/bin/python" -m pytest -p no:cacheprovider -rs "$@"  # no path given: testpaths (tests/)
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

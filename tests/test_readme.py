@@ -113,7 +113,8 @@ def test_the_notebook_example_runs_as_written(origin, tmp_path):
         "the README must show examples/notebook.py verbatim"
     newcomer.sh("pip install .")
     out = newcomer.sh("python examples/notebook.py", timeout=600).stdout
-    assert out.count("'loss':") == 8 and "'attempt': 1" in out, out
+    results = re.findall(r"^(\S+) +\{'run': '(\S+)', 'attempt': 1, 'loss': [0-9.]+\}$", out, re.M)
+    assert len(results) == 8 and all(name == run for name, run in results), out
 
 
 def test_every_config_the_readme_shows_plans(origin, tmp_path):
