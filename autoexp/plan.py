@@ -114,9 +114,12 @@ class Plan:
         """What launch would run, for --dry-run."""
         lines = [f"experiment {self.config.name}: {len(self.runs)} runs in {len(self.arrays)} "
                  f"array(s) + 1 sidecar, directory {self.exp_dir}"]
+        def account(options: dict) -> str:  # as the Slurm scheduler passes it (see slurm.submit)
+            return f" --account={shlex.quote(str(options['account']))}" if options.get("account") else ""
+        runs, sidecar = account(self.config["slurm"]), account(sidecar_options(self.config))
         for array in self.arrays:
-            lines.append(f"  sbatch --parsable --array={array.spec} {self.exp_dir / array.script}")
-        lines.append(f"  sbatch --parsable {self.exp_dir / 'sidecar.sbatch'}")
+            lines.append(f"  sbatch --parsable{runs} --array={array.spec} {self.exp_dir / array.script}")
+        lines.append(f"  sbatch --parsable{sidecar} {self.exp_dir / 'sidecar.sbatch'}")
         return "\n".join(lines)
 
 
