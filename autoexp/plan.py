@@ -22,7 +22,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from . import render, state as statefile, sweep
+from . import render, site, state as statefile, sweep
 from .config import Config
 from .errors import InputError
 
@@ -250,6 +250,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     """Render every file of the experiment in memory; raises InputError on any template problem."""
     exp_dir = config.exp_dir
     runs = sweep.expand(config, exp_dir)
+    site.check(config, len(runs))
     tasks = [render_task(config, run, exp_dir) for run in runs]
     arrays = split(len(runs), max_array_size, config.get("max_parallel"))
     env = environment()
