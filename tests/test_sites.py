@@ -53,7 +53,7 @@ def flatten(data: dict, prefix: str = "") -> dict:
 # --------------------------------------------------------------------------- what users submit
 
 def test_lumi_runs_take_a_whole_node_bound_to_its_gcds(workdir, account):
-    files = planned(workdir, "lumi", container={"image": "/appl/local/containers/pytorch.sif"})
+    files = planned(workdir, "lumi", container={"image": "/appl/local/laifs/containers/pytorch.sif"})
     options = sbatch_options(files["array.sbatch"])
     for expected in (f"--account={ACCOUNT}", "--partition=standard-g", "--nodes=1", "--gpus-per-node=8",
                      "--ntasks-per-node=8", "--cpus-per-task=7", "--mem=480G"):
@@ -63,7 +63,7 @@ def test_lumi_runs_take_a_whole_node_bound_to_its_gcds(workdir, account):
     assert launch.startswith(f"srun --cpu-bind={LUMI_MASKS} bash -c 'mkdir -p \"$MIOPEN_USER_DB_PATH\" && "
                              "ROCR_VISIBLE_DEVICES=$SLURM_LOCALID exec \"$@\"' select_gpu \\\n")
     # no --rocm: the image's own ROCm, not the host's
-    assert "/exec.sh --image /appl/local/containers/pytorch.sif --runtime singularity" \
+    assert "/exec.sh --image /appl/local/laifs/containers/pytorch.sif --runtime singularity" \
            " --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /pfs" in launch
     assert "--gpu" not in launch
     assert "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in files["tasks.sh"]
