@@ -117,6 +117,7 @@ def test_the_other_jsc_sites_take_whole_nodes_one_task_per_gpu(workdir, account,
 
 def test_juwels_takes_the_budget_jutil_activated(workdir, monkeypatch):
     monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
+    monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
     monkeypatch.setenv("BUDGET_ACCOUNTS", "exalab")
     assert "--account=exalab" in sbatch_options(planned(workdir, "juwels")["array.sbatch"])
 
