@@ -17,8 +17,12 @@ import socket
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FALLBACK = "generic"
 META_KEYS = ("description", "extends", "hostnames")
@@ -125,7 +129,7 @@ def detect(hostname: str | None = None) -> str:
     return FALLBACK
 
 
-def check(config, n_runs: int) -> None:
+def check(config: "Config", n_runs: int) -> None:
     """Refuse at plan time what the site's machine would refuse or fail on later: more runs than
     ``max_runs``, a network image where compute nodes are ``offline``, an image of another
     ``arch`` (what can be read on this side: a SIF file's header)."""
