@@ -322,10 +322,21 @@ CONFIG = mapping({
     **COMMON_FIELDS,
 }, required=("name", "command"))
 
+def true_or_false(value, path):
+    if not isinstance(value, bool):
+        raise _Invalid(path, f"expected true or false, got {_type_name(value)} {value!r}")
+    return value
+
+
 SITE = mapping({
     "description": string(),
     "extends": string(),
     "hostnames": list_of(string(), allow_scalar=True),
+    # What the machine refuses, checked at plan time (site.check): a network image on compute nodes
+    # without internet, an image of another CPU architecture, more runs than a partition takes.
+    "offline": true_or_false,
+    "arch": string(re.compile(r"^(amd64|arm64)$"), "amd64 or arm64"),
+    "max_runs": mapping({"count": integer(1), "why": string()}, required=("count",)),
     **COMMON_FIELDS,
 })
 

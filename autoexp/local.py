@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import psutil
 from .config import slurm_time_seconds
 from .errors import SchedulerError
 from .scheduler import JobRecord, Scheduler, Submission
-from .slurm import expand_range
+from .slurm import expand_range, read_directives
 from .state import atomic_write, now, parse_time
 
 POLL = 0.2
@@ -128,19 +127,6 @@ def read_job(file: Path) -> dict:
 
 def write_job(file: Path, job: dict) -> None:
     atomic_write(Path(file), json.dumps(job))
-
-
-def read_directives(script: Path) -> dict[str, str]:
-    """The ``#SBATCH --key=value`` lines at the top of a script."""
-    found = {}
-    for line in Path(script).read_text().splitlines():
-        if line.startswith("#SBATCH"):
-            for word in shlex.split(line[len("#SBATCH"):]):
-                key, _, value = word.lstrip("-").partition("=")
-                found[key] = value
-        elif line.strip() and not line.startswith("#"):
-            break
-    return found
 
 
 def _parse_array(spec: str) -> tuple[list[int], int]:

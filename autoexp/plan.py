@@ -22,7 +22,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from . import render, state as statefile, sweep
+from . import render, site, state as statefile, sweep
 from .config import Config
 from .errors import InputError
 
@@ -114,9 +114,12 @@ class Plan:
         """What launch would run, for --dry-run."""
         lines = [f"experiment {self.config.name}: {len(self.runs)} runs in {len(self.arrays)} "
                  f"array(s) + 1 sidecar, directory {self.exp_dir}"]
+        def account(options: dict) -> str:  # as the Slurm scheduler passes it (see slurm.submit)
+            return f" --account={shlex.quote(str(options['account']))}" if options.get("account") else ""
+        runs, sidecar = account(self.config["slurm"]), account(sidecar_options(self.config))
         for array in self.arrays:
-            lines.append(f"  sbatch --parsable --array={array.spec} {self.exp_dir / array.script}")
-        lines.append(f"  sbatch --parsable {self.exp_dir / 'sidecar.sbatch'}")
+            lines.append(f"  sbatch --parsable{runs} --array={array.spec} {self.exp_dir / array.script}")
+        lines.append(f"  sbatch --parsable{sidecar} {self.exp_dir / 'sidecar.sbatch'}")
         return "\n".join(lines)
 
 
@@ -248,6 +251,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     """Render every file of the experiment in memory; raises InputError on any template problem."""
     exp_dir = config.exp_dir
     runs = sweep.expand(config, exp_dir)
+    site.check(config, len(runs))
     tasks = [render_task(config, run, exp_dir) for run in runs]
     arrays = split(len(runs), max_array_size, config.get("max_parallel"))
     env = environment()

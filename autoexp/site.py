@@ -12,15 +12,27 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from .config import Config
+
 FALLBACK = "generic"
 META_KEYS = ("description", "extends", "hostnames")
+# docker://, oras://, library://, shub://, https://...: fetched when the task starts.
+NETWORK_IMAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# A SIF file starts with a 32-byte launch line, "SIF_MAGIC\0", a 3-byte version and the
+# architecture code (sylabs/sif's HdrArch* constants).
+SIF_MAGIC = b"SIF_MAGIC\0"
+SIF_ARCH = {b"01": "386", b"02": "amd64", b"03": "arm", b"04": "arm64", b"05": "ppc64",
+            b"06": "ppc64le", b"11": "s390x"}
 
 
 @dataclass
@@ -115,3 +127,38 @@ def detect(hostname: str | None = None) -> str:
             if any(fnmatch.fnmatch(h, str(p)) for p in patterns for h in hosts):
                 return path.stem
     return FALLBACK
+
+
+def check(config: "Config", n_runs: int) -> None:
+    """Refuse at plan time what the site's machine would refuse or fail on later: more runs than
+    ``max_runs``, a network image where compute nodes are ``offline``, an image of another
+    ``arch`` (what can be read on this side: a SIF file's header)."""
+    site = config["site"]
+    limit = config.get("max_runs")
+    if limit and n_runs > limit["count"]:
+        why = f": {limit['why']}" if limit.get("why") else ""
+        raise config.error("max_runs", f"{n_runs} runs, but site {site} takes at most {limit['count']}{why}")
+    image = (config.get("container") or {}).get("image")
+    if not image:
+        return
+    if config.get("offline") and NETWORK_IMAGE.match(image):
+        raise config.error("container.image", f"{image!r} would be fetched over the network when a task "
+                           f"starts, but the compute nodes of site {site} have no internet (offline: true): "
+                           f"pull it on a login node (apptainer pull image.sif {image}) and give the .sif")
+    arch = config.get("arch")
+    found = sif_arch(Path(image).expanduser()) if arch else None
+    if found and found != arch:
+        raise config.error("container.image", f"{image} is an {found} image, but site {site} runs {arch} "
+                           f"(arch: {arch}): build or pull the {arch} variant")
+
+
+def sif_arch(path: Path) -> str | None:
+    """The architecture in a SIF file's header; None for anything else (a directory, no file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(47)
+    except OSError:
+        return None
+    if head[32:42] != SIF_MAGIC:
+        return None
+    return SIF_ARCH.get(head[45:47])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import shlex
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -54,7 +55,10 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
 
     def submit(self, sub: Submission) -> str:
-        argv = ["sbatch", "--parsable", *sub.options]
+        # sbatch lets SBATCH_ACCOUNT override the script's #SBATCH --account line; the command line
+        # beats both, so the account the plan wrote (and config.yaml records) is the one billed.
+        account = read_directives(sub.script).get("account")
+        argv = ["sbatch", "--parsable", *([f"--account={account}"] if account else []), *sub.options]
         if sub.array is not None:
             argv.append(f"--array={sub.array}")
         argv.append(str(sub.script))
@@ -125,20 +129,26 @@ def cluster_max_array_size() -> int:
     return int(value) if value.isdigit() else 1001
 
 
-@lru_cache(maxsize=64)
-def script_directives(script: Path) -> frozenset[str]:
-    """The option names of a script's ``#SBATCH`` lines (``requeue``, ``no-requeue``, ...)."""
-    try:
-        lines = Path(script).read_text().splitlines()
-    except OSError:
-        return frozenset()
-    names = set()
-    for line in lines:
+def read_directives(script: Path) -> dict[str, str]:
+    """The ``#SBATCH --key=value`` lines at the top of a script (a bare flag has the value "")."""
+    found = {}
+    for line in Path(script).read_text().splitlines():
         if line.startswith("#SBATCH"):
-            names.update(word.lstrip("-").split("=")[0] for word in line[len("#SBATCH"):].split())
+            for word in shlex.split(line[len("#SBATCH"):]):
+                key, _, value = word.lstrip("-").partition("=")
+                found[key] = value
         elif line.strip() and not line.startswith("#"):
             break
-    return frozenset(names)
+    return found
+
+
+@lru_cache(maxsize=64)
+def script_directives(script: Path) -> dict[str, str]:
+    """:func:`read_directives`, read once per script; {} for a script that cannot be read."""
+    try:
+        return read_directives(script)
+    except OSError:
+        return {}
 
 
 # --------------------------------------------------------------------------- sacct parsing

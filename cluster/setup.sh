@@ -22,6 +22,9 @@ TEST_USER=${AUTOEXP_TEST_USER:-autoexp-test}
 EXTRA_USERS=${AUTOEXP_EXTRA_USERS:-}
 WAIT=${AUTOEXP_WAIT:-60}
 ACCOUNT=autoexp
+# A second account of the test user, never its default: tests that the account autoexp records is
+# the one Slurm bills, whatever SBATCH_ACCOUNT says.
+OTHER_ACCOUNT=autoexp-other
 NODES=(node1 node2)
 NODE_PORTS=(17001 17002)
 NODE_CPUS=8
@@ -117,10 +120,14 @@ fi
 
 HOST=$(hostname -s)
 [[ -n $HOST ]] || die "hostname -s returned nothing"
-if ! getent hosts "$HOST" >/dev/null; then
-    say "adding $HOST to /etc/hosts"
-    echo "127.0.0.1 $HOST" >>/etc/hosts
-fi
+# The controller's name, and the node names as jobs see them (SLURM_JOB_NODELIST, a MASTER_ADDR
+# taken from it): all served by this host, so all must resolve here, as they would on a cluster.
+for name in "$HOST" "${NODES[@]}"; do
+    if ! getent hosts "$name" >/dev/null; then
+        say "adding $name to /etc/hosts"
+        echo "127.0.0.1 $name" >>/etc/hosts
+    fi
+done
 
 # --------------------------------------------------------------------------
 # 2. users
@@ -335,6 +342,17 @@ if ! sacctmgr -n -P list account "$ACCOUNT" format=account | grep -qx "$ACCOUNT"
     say "sacctmgr: adding account $ACCOUNT"
     sam add account "$ACCOUNT" Cluster="$CLUSTER_NAME" Description="autoexp tests" Organization=autoexp >/dev/null \
         || die "sacctmgr add account failed"
+fi
+if ! sacctmgr -n -P list account "$OTHER_ACCOUNT" format=account | grep -qx "$OTHER_ACCOUNT"; then
+    say "sacctmgr: adding account $OTHER_ACCOUNT"
+    sam add account "$OTHER_ACCOUNT" Cluster="$CLUSTER_NAME" Description="autoexp tests: a second account" \
+        Organization=autoexp >/dev/null || die "sacctmgr add account $OTHER_ACCOUNT failed"
+fi
+if id "$TEST_USER" >/dev/null 2>&1 && ! sacctmgr -n -P list assoc cluster="$CLUSTER_NAME" user="$TEST_USER" \
+        account="$OTHER_ACCOUNT" format=user | grep -qx "$TEST_USER"; then
+    say "sacctmgr: adding user $TEST_USER to account $OTHER_ACCOUNT"
+    sam add user "$TEST_USER" Account="$OTHER_ACCOUNT" Cluster="$CLUSTER_NAME" >/dev/null \
+        || die "sacctmgr add user $TEST_USER to $OTHER_ACCOUNT failed"
 fi
 for u in root "$TEST_USER" $EXTRA_USERS; do
     id "$u" >/dev/null 2>&1 || { say "WARNING: user $u does not exist, skipped"; continue; }

@@ -64,9 +64,11 @@ if [ "$(id -u)" -ne 0 ]; then
     cat >&2 <<EOF
 build.sh: this machine cannot build images as $(id -un): not root, no /etc/subuid entry, and no
 unprivileged user namespaces, so '$runtime build --fakeroot' would fail. Instead:
-  * on LUMI: start from one of LUMI's PyTorch images and add packages with cotainr or a virtual
-    environment in a SquashFS overlay (module load LUMI cotainr; see LUMI's container docs), or
-    use an image directly: container.image: /appl/local/containers/sif-images/<image>.sif;
+  * on LUMI: start from one of LUMI's AI images (under /appl/local/laifs/containers, with
+    module use /appl/local/laifs/modules; module load lumi-aif-singularity-bindings) and add
+    packages with cotainr or a virtual environment in a SquashFS overlay (see LUMI's container
+    docs), or use an image directly: container.image: /appl/local/laifs/containers/<image>.sif.
+    They carry the aws-ofi-rccl plugin, which AMD's image (pytorch-rocm.def) lacks;
   * build on a machine where you are root or have fakeroot (a workstation, a CI runner):
       container/build.sh $flavour -o $output
     then copy $output to the cluster (scratch or project space);

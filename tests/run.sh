@@ -33,6 +33,9 @@ export PIP_CONSTRAINT="$repo/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHEC
 "$venv/bin/python" -m pip install -q pip >/dev/null
 "$venv/bin/python" -m pip install -q "$repo[test]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$repo"
+# For the multi-node example's real torchrun (tests/test_templates.py), not a dependency of autoexp:
+# the CPU build, which this machine's pip finds locally (find-links), pinned.
+"$venv/bin/python" -m pip install -q "torch==2.13.0+cpu"
 
 echo "== pytest as $test_user"
 work=$(mktemp -d /tmp/autoexp-tests.XXXXXX)

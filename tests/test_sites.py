@@ -14,7 +14,7 @@ import yaml
 
 from autoexp import config as configmod, plan as planmod, site as sitemod
 from autoexp.errors import InputError
-from conftest import autoexp, read_state, wait_for, wait_state_done, write_config
+from conftest import autoexp, read_state, sacct_rows, wait_for, wait_state_done, write_config
 
 ACCOUNT = "project_465000123"
 LUMI_MASKS = ("mask_cpu:0xfe000000000000,0xfe00000000000000,0xfe0000,0xfe000000,0xfe,0xfe00,"
@@ -53,16 +53,19 @@ def flatten(data: dict, prefix: str = "") -> dict:
 # --------------------------------------------------------------------------- what users submit
 
 def test_lumi_runs_take_a_whole_node_bound_to_its_gcds(workdir, account):
-    files = planned(workdir, "lumi", container={"image": "/appl/local/containers/pytorch.sif"})
+    files = planned(workdir, "lumi", container={"image": "/appl/local/laifs/containers/pytorch.sif"})
     options = sbatch_options(files["array.sbatch"])
     for expected in (f"--account={ACCOUNT}", "--partition=standard-g", "--nodes=1", "--gpus-per-node=8",
                      "--ntasks-per-node=8", "--cpus-per-task=7", "--mem=480G"):
         assert expected in options
     launch = files["array.sbatch"].split("set +a\n")[1].split("status=$?")[0]
-    assert launch.startswith(f"srun --cpu-bind={LUMI_MASKS} bash -c 'ROCR_VISIBLE_DEVICES=$SLURM_LOCALID exec \"$@\"' "
-                             "select_gpu \\\n")
-    assert "/exec.sh --image /appl/local/containers/pytorch.sif --runtime singularity --gpu rocm" \
+    # select_gpu, which also makes the MIOpen cache directory on every node of the run
+    assert launch.startswith(f"srun --cpu-bind={LUMI_MASKS} bash -c 'mkdir -p \"$MIOPEN_USER_DB_PATH\" && "
+                             "ROCR_VISIBLE_DEVICES=$SLURM_LOCALID exec \"$@\"' select_gpu \\\n")
+    # no --rocm: the image's own ROCm, not the host's
+    assert "/exec.sh --image /appl/local/laifs/containers/pytorch.sif --runtime singularity" \
            " --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /pfs" in launch
+    assert "--gpu" not in launch
     assert "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in files["tasks.sh"]
     assert 'export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"' in files["tasks.sh"]
     sidecar = sbatch_options(files["sidecar.sbatch"])
@@ -85,8 +88,10 @@ def test_juwels_runs_take_a_booster_node_and_the_sidecar_is_a_chain(workdir, acc
     files = planned(workdir, "juwels", container={"image": "/p/project/x/pytorch.sif"})
     options = sbatch_options(files["array.sbatch"])
     for expected in (f"--account={ACCOUNT}", "--partition=booster", "--gres=gpu:4", "--nodes=1",
-                     "--ntasks-per-node=4", "--cpus-per-task=12"):
-        assert expected in options
+                     "--ntasks-per-node=4", "--cpus-per-task=12", "--threads-per-core=1"):
+        assert expected in options  # 4 tasks x 12 physical cores: the node's 48
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        assert f"export {variable}=1" in files["tasks.sh"]
     assert "srun \\\n  " in files["array.sbatch"]
     assert "/exec.sh --image /p/project/x/pytorch.sif --runtime apptainer --gpu nv --bind /p --" in files["array.sbatch"]
     sidecar = sbatch_options(files["sidecar.sbatch"])
@@ -95,8 +100,24 @@ def test_juwels_runs_take_a_booster_node_and_the_sidecar_is_a_chain(workdir, acc
     assert resolved["sidecar"]["mode"] == "chain" and resolved["monitor"]["interval"] == 300
 
 
+@pytest.mark.parametrize("site, shape", [
+    ("juwels-dev", ("--partition=develbooster", "--gres=gpu:4", "--ntasks-per-node=4", "--cpus-per-task=12")),
+    ("jureca", ("--partition=dc-gpu", "--gres=gpu:4", "--ntasks-per-node=4", "--cpus-per-task=32")),
+    ("jupiter", ("--partition=booster", "--gres=gpu:4", "--ntasks-per-node=4", "--cpus-per-task=72")),
+])
+def test_the_other_jsc_sites_take_whole_nodes_one_task_per_gpu(workdir, account, site, shape):
+    files = planned(workdir, site)
+    options = sbatch_options(files["array.sbatch"])
+    for expected in (f"--account={ACCOUNT}", "--nodes=1", "--threads-per-core=1", *shape):
+        assert expected in options
+    assert "export HF_HUB_OFFLINE=1" in files["tasks.sh"]
+    resolved = yaml.safe_load(files["config.yaml"])
+    assert resolved["offline"] is True and resolved["sidecar"]["mode"] == "chain"
+
+
 def test_juwels_takes_the_budget_jutil_activated(workdir, monkeypatch):
     monkeypatch.delenv("SLURM_ACCOUNT", raising=False)
+    monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
     monkeypatch.setenv("BUDGET_ACCOUNTS", "exalab")
     assert "--account=exalab" in sbatch_options(planned(workdir, "juwels")["array.sbatch"])
 
@@ -126,6 +147,39 @@ def test_the_account_can_come_from_sbatch_account_or_the_config(workdir, monkeyp
     assert yaml.safe_load(files["config.yaml"])["slurm"]["account"] == "project_2"
 
 
+@pytest.mark.usefixtures("slurm")
+def test_slurm_bills_the_account_autoexp_records_whatever_sbatch_account_says(workdir, cleanup, monkeypatch):
+    """The LUMI/JUWELS way of taking the account (SLURM_ACCOUNT first), with SBATCH_ACCOUNT naming
+    another account of the same user: sbatch alone would bill SBATCH_ACCOUNT over the script's
+    #SBATCH line; autoexp passes the recorded account on the command line, which beats both."""
+    (workdir / "acct.yaml").write_text("extends: local\nslurm: {account: '${SLURM_ACCOUNT:-${SBATCH_ACCOUNT}}'}\n")
+    monkeypatch.setenv("SLURM_ACCOUNT", "autoexp")
+    monkeypatch.setenv("SBATCH_ACCOUNT", "autoexp-other")
+    name = f"acct-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {"name": name, "site": "acct.yaml", "command": "sleep 1"})
+    proc = autoexp("launch", path, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    exp = workdir / "experiments" / name
+    cleanup(exp)
+    assert yaml.safe_load((exp / "config.yaml").read_text())["slurm"]["account"] == "autoexp"
+    st = read_state(exp)
+    jobs = [st["arrays"][0]["job_id"], st["sidecar"]["job_id"]]
+    rows = wait_for(lambda: (lambda r: r if len(r) >= 2 else None)(sacct_rows(jobs, "JobID,Account")),
+                    timeout=60, what="both jobs in sacct")
+    assert {row[1] for row in rows} == {"autoexp"}, rows
+    # The check can fail: the same script submitted by plain sbatch is billed to SBATCH_ACCOUNT.
+    plain = subprocess.run(["sbatch", "--parsable", "--hold", "--array=0", str(exp / "array.sbatch")],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    held = plain.stdout.strip().split(";")[0]
+    try:
+        account = subprocess.run(["squeue", "-h", "-o", "%a", "-j", held], capture_output=True, text=True,
+                                 timeout=60).stdout.split()
+    finally:
+        subprocess.run(["scancel", held], capture_output=True, timeout=60)
+    assert account == ["autoexp-other"]
+
+
 def test_environment_references_expand_only_where_no_shell_would(workdir, monkeypatch):
     monkeypatch.setenv("IMAGES", "/scratch/images")
     files = planned(workdir, "local", command="echo ${HOME} {{ lr }}", setup=["cd ${SCRATCH:-/tmp}"],
@@ -146,6 +200,63 @@ def test_a_missing_variable_in_the_config_names_the_config(workdir, monkeypatch)
         configmod.load(path)
     assert (err.value.source, err.value.key) == (str(path), "container.image")
     assert "needs the environment variable NO_SUCH_VAR" in str(err.value)
+
+
+# --------------------------------------------------------------------------- what sites refuse at plan time
+
+def refused(proc: subprocess.CompletedProcess, source: str, key: str, words: str) -> None:
+    """Exit 2, one line naming the file and key, nothing planned or submitted."""
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"autoexp: error: {source}: {key}: "), proc.stderr
+    assert words in proc.stderr
+
+
+@pytest.mark.usefixtures("slurm")
+def test_lumi_dev_refuses_a_sweep(workdir, account):
+    """dev-g takes 2 jobs per user and no production: 3 runs are refused before anything is
+    submitted (sbatch is right there), 2 are planned."""
+    name = f"dev-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {"name": name, "site": "lumi-dev", "command": "echo {{ x }}",
+                                  "sweep": {"grid": {"x": [1, 2, 3]}}})
+    proc = autoexp("launch", path, cwd=workdir)
+    refused(proc, sitemod.load("lumi-dev").source, "max_runs",
+            "3 runs, but site lumi-dev takes at most 2: dev-g allows 2 jobs per user (1 running) and no "
+            "production runs")
+    assert not (workdir / "experiments" / name).exists()
+    assert not subprocess.run(["squeue", "-h", "-o", "%i", f"--name=autoexp-{name}"], capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+    assert autoexp("plan", path, "sweep.grid.x=[1,2]", cwd=workdir).returncode == 0
+
+
+@pytest.mark.usefixtures("slurm")
+@pytest.mark.parametrize("image", ["docker://nvcr.io/nvidia/pytorch:24.10-py3", "oras://ghcr.io/x/y:1",
+                                   "library://sylabs/examples/ruby"])
+def test_an_offline_site_refuses_a_network_image(workdir, account, image):
+    name = f"off-{uuid.uuid4().hex[:8]}"
+    path = write_config(workdir, {"name": name, "site": "juwels", "command": "true",
+                                  "container": {"image": image}})
+    proc = autoexp("launch", path, cwd=workdir)
+    refused(proc, str(path), "container.image", "the compute nodes of site juwels have no internet")
+    assert f"apptainer pull image.sif {image}" in proc.stderr
+    assert not (workdir / "experiments" / name).exists()
+
+
+def test_an_image_of_another_architecture_is_refused_where_it_can_be_read(workdir, account):
+    """JUPITER is aarch64: a SIF file's header names its architecture; other images pass."""
+    def sif(name: str, code: bytes) -> Path:
+        path = workdir / name
+        path.write_bytes(b"#!/usr/bin/env run-singularity\n".ljust(32) + b"SIF_MAGIC\0" + b"01\0" + code + b"\0"
+                         + bytes(64))
+        return path
+
+    data = {"name": "arch", "site": "jupiter", "command": "true"}
+    proc = autoexp("plan", write_config(workdir, {**data, "container": {"image": str(sif("x86.sif", b"02"))}}),
+                   "--scheduler", "slurm", cwd=workdir)
+    refused(proc, str(workdir / "config.yaml"), "container.image", "is an amd64 image, but site jupiter runs arm64")
+    for image in (sif("arm.sif", b"04"), workdir):  # an arm64 SIF, a sandbox directory
+        proc = autoexp("plan", write_config(workdir, {**data, "container": {"image": str(image)}}),
+                       "--scheduler", "slurm", cwd=workdir)
+        assert proc.returncode == 0, proc.stderr
 
 
 # --------------------------------------------------------------------------- extends, paths, hostnames
@@ -190,7 +301,8 @@ def test_a_cycle_of_sites_is_refused(workdir):
 
 
 def test_every_stock_site_loads(account):
-    assert {"generic", "local", "lumi", "lumi-small", "lumi-dev", "juwels"} <= set(sitemod.available())
+    assert {"generic", "local", "lumi", "lumi-small", "lumi-dev", "jsc", "juwels", "juwels-dev", "jureca",
+            "jupiter"} <= set(sitemod.available())
     for name in sitemod.available():
         assert sitemod.load(name).values
 

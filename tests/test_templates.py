@@ -8,8 +8,9 @@ with `python tests/regen_golden.py` and review the diff.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
-import sys
+import uuid
 from importlib import resources
 from pathlib import Path
 from unittest import mock
@@ -21,12 +22,14 @@ from autoexp.scheduler import TERMINAL
 from conftest import REPO, autoexp, read_state, sacct_rows, wait_for, write_config
 
 GOLDEN = Path(__file__).parent / "golden"
-SITES = ("generic", "local", "lumi", "lumi-small", "lumi-dev", "juwels")
-FILES = ("array.sbatch", "sidecar.sbatch", "tasks.sh")
+SITES = ("generic", "local", "lumi", "lumi-small", "lumi-dev", "jsc", "juwels", "juwels-dev", "jureca", "jupiter")
+# sbatch-calls.txt is what `launch --dry-run` prints: the account is on sbatch's command line.
+FILES = ("array.sbatch", "sidecar.sbatch", "tasks.sh", "sbatch-calls.txt")
 GLUE = str(resources.files("autoexp.apptainer"))
-# The environment the goldens are rendered in: a project account, nothing else site-specific.
-ENVIRONMENT = {"SLURM_ACCOUNT": "project_465000123"}
-UNSET = ("SBATCH_ACCOUNT", "BUDGET_ACCOUNTS")
+# The environment the goldens are rendered in: a project account, and another one in SBATCH_ACCOUNT
+# (which sbatch alone would bill), nothing else site-specific.
+ENVIRONMENT = {"SLURM_ACCOUNT": "project_465000123", "SBATCH_ACCOUNT": "project_465000999"}
+UNSET = ("BUDGET_ACCOUNTS",)
 MULTINODE = REPO / "docs" / "examples" / "multinode.sbatch.j2"
 
 
@@ -48,7 +51,8 @@ def render_site(site: str, directory: Path) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if k not in UNSET}
     with mock.patch.dict(os.environ, {**environ, **ENVIRONMENT}, clear=True):
         built = planmod.build(configmod.load(path), "slurm", 1000)
-    return {name: built.files[name].replace(GLUE, "<glue>") for name in FILES}
+    files = {**built.files, "sbatch-calls.txt": built.submissions_text() + "\n"}
+    return {name: files[name].replace(GLUE, "<glue>") for name in FILES}
 
 
 def bash_n(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -65,8 +69,9 @@ def test_rendered_scripts_match_the_golden_files(site, tmp_path):
         assert golden.is_file(), f"no golden {golden}: run python tests/regen_golden.py"
         assert rendered[name] == golden.read_text(), \
             f"{site}/{name} differs from its golden file (intended? python tests/regen_golden.py)"
-        proc = bash_n(rendered[name], tmp_path)
-        assert proc.returncode == 0, f"{site}/{name}: {proc.stderr}"
+        if name.endswith((".sbatch", ".sh")):
+            proc = bash_n(rendered[name], tmp_path)
+            assert proc.returncode == 0, f"{site}/{name}: {proc.stderr}"
 
 
 def test_golden_files_cover_every_stock_site():
@@ -175,27 +180,41 @@ def test_a_template_named_by_a_site_is_found_next_to_the_site_file(workdir):
 
 
 @pytest.mark.usefixtures("slurm")
-def test_the_multinode_example_runs_across_two_nodes(workdir, cleanup):
-    """The documented srun override, on the cluster's two nodes: every task of a run sees the same
-    MASTER_ADDR, the first node of the run's own allocation."""
-    report = ('import os; print("task", *(f"{k}={os.environ[k]}" for k in ("SLURM_PROCID", "SLURM_NTASKS", '
-              '"SLURMD_NODENAME", "MASTER_ADDR", "MASTER_PORT", "X")))')
-    data = simple_config(name="multinode", output_dir=str(workdir / "out"), template=str(MULTINODE),
-                         command=f"{sys.executable} -c {{{{ code }}}}", sweep={"list": [{"code": report}]},
-                         run_name="r{{ run_index }}", env={"X": "{{ run_index }}"},
-                         slurm={"nodes": 2, "ntasks-per-node": 1, "mem": "200M"})
-    proc = autoexp("launch", write_config(workdir, data), cwd=workdir)
+def test_the_multinode_example_trains_across_two_nodes_with_torchrun(workdir, cleanup):
+    """docs/examples/multinode.yaml as documented: one torchrun agent on each of node1 and node2,
+    a c10d rendezvous on the first node, gloo all-reduces; both ranks' losses fall."""
+    # Needs torch in the interpreter the job finds as `python`: tests/run.sh installs it.
+    name = f"ddp-{uuid.uuid4().hex[:8]}"
+    proc = autoexp("launch", MULTINODE.with_name("multinode.yaml"), f"name={name}",
+                   f"output_dir={workdir / 'out'}", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    exp = workdir / "out" / "multinode"
+    exp = workdir / "out" / name
     cleanup(exp)
     array = read_state(exp)["arrays"][0]["job_id"]
-    rows = wait_for(lambda: [r for r in sacct_rows([array]) if r[1] in TERMINAL], timeout=120,
-                    what="the two-node run to finish")
-    log = (exp / "runs" / "r0" / f"slurm-{array}_0.out").read_text()
+    rows = wait_for(lambda: [r for r in sacct_rows([array]) if r[1] in TERMINAL], timeout=240,
+                    what="the two-node training to finish")
+    (run,) = read_state(exp)["runs"]
+    log = (exp / "runs" / run / f"slurm-{array}_0.out").read_text()
     assert rows[0][1] == "COMPLETED", log
-    tasks = sorted((dict(word.split("=", 1) for word in line.split()[1:])
-                    for line in log.splitlines() if line.startswith("task ")), key=lambda t: t["SLURM_PROCID"])
-    assert [t["SLURM_PROCID"] for t in tasks] == ["0", "1"] and {t["SLURM_NTASKS"] for t in tasks} == {"2"}
-    assert {t["SLURMD_NODENAME"] for t in tasks} == {"node1", "node2"}
-    assert {t["MASTER_ADDR"] for t in tasks} == {"node1"} and len({t["MASTER_PORT"] for t in tasks}) == 1
-    assert {t["X"] for t in tasks} == {"0"}
+    nodes = dict(re.findall(r"^rank (\d) of 2 on (\S+)$", log, re.M))
+    assert sorted(nodes.values()) == ["node1", "node2"], log
+    for rank in ("0", "1"):
+        losses = [float(v) for v in re.findall(rf"^rank {rank} step \d+ loss: (\S+)$", log, re.M)]
+        assert len(losses) == 30 and losses[-1] < losses[0] / 10, (rank, losses)
+
+
+@pytest.mark.usefixtures("slurm")
+def test_the_multinode_example_fails_fast_when_a_task_fails(workdir, cleanup):
+    """srun --kill-on-bad-exit=1: when one node's task fails, the others are ended at once instead
+    of holding the allocation (here: sleeping 300 s)."""
+    data = simple_config(name="failfast", output_dir=str(workdir / "out"), template=str(MULTINODE),
+                         command='if [ "$SLURM_PROCID" = 1 ]; then exit 3; fi; sleep 300',
+                         sweep={"list": [{"x": 1}]}, slurm={"nodes": 2, "ntasks-per-node": 1, "mem": "200M"})
+    proc = autoexp("launch", write_config(workdir, data), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    exp = workdir / "out" / "failfast"
+    cleanup(exp)
+    array = read_state(exp)["arrays"][0]["job_id"]
+    rows = wait_for(lambda: [r for r in sacct_rows([array], "JobID,State,ElapsedRaw") if r[1] in TERMINAL],
+                    timeout=120, what="the run to fail")
+    assert rows[0][1] == "FAILED" and int(rows[0][2]) < 60, rows
