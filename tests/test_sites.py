@@ -66,7 +66,7 @@ def test_lumi_runs_take_a_whole_node_bound_to_its_gcds(workdir, account):
     assert "/exec.sh --image /appl/local/laifs/containers/pytorch.sif --runtime singularity" \
            " --bind /var/spool/slurmd --bind /opt/cray --bind /usr/lib64/libcxi.so.1 --bind /pfs" in launch
     assert "--gpu" not in launch
-    assert "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3" in files["tasks.sh"]
+    assert 'export NCCL_SOCKET_IFNAME="hsn0,hsn1,hsn2,hsn3"' in files["tasks.sh"]
     assert 'export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"' in files["tasks.sh"]
     sidecar = sbatch_options(files["sidecar.sbatch"])
     for expected in (f"--account={ACCOUNT}", "--partition=small", "--ntasks=1", "--cpus-per-task=1"):
@@ -91,7 +91,7 @@ def test_juwels_runs_take_a_booster_node_and_the_sidecar_is_a_chain(workdir, acc
                      "--ntasks-per-node=4", "--cpus-per-task=12", "--threads-per-core=1"):
         assert expected in options  # 4 tasks x 12 physical cores: the node's 48
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        assert f"export {variable}=1" in files["tasks.sh"]
+        assert f'export {variable}="1"' in files["tasks.sh"]
     assert "srun \\\n  " in files["array.sbatch"]
     assert "/exec.sh --image /p/project/x/pytorch.sif --runtime apptainer --gpu nv --bind /p --" in files["array.sbatch"]
     sidecar = sbatch_options(files["sidecar.sbatch"])
@@ -110,7 +110,7 @@ def test_the_other_jsc_sites_take_whole_nodes_one_task_per_gpu(workdir, account,
     options = sbatch_options(files["array.sbatch"])
     for expected in (f"--account={ACCOUNT}", "--nodes=1", "--threads-per-core=1", *shape):
         assert expected in options
-    assert "export HF_HUB_OFFLINE=1" in files["tasks.sh"]
+    assert 'export HF_HUB_OFFLINE="1"' in files["tasks.sh"]
     resolved = yaml.safe_load(files["config.yaml"])
     assert resolved["offline"] is True and resolved["sidecar"]["mode"] == "chain"
 

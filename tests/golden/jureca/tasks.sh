@@ -6,10 +6,10 @@ case "$AUTOEXP_RUN_INDEX" in
   AUTOEXP_RUN_DIR='/scratch/it'"'"'s a $dir (1)/exp/golden/runs/lr0.0001_tagtwo-words'
   autoexp_env() {
     :
-    export HF_HUB_OFFLINE=1
-    export TRANSFORMERS_OFFLINE=1
-    export HF_DATASETS_OFFLINE=1
-    export HF_HOME='/scratch/hf cache/lr0.0001_tagtwo-words'
+    export HF_HUB_OFFLINE="1"
+    export TRANSFORMERS_OFFLINE="1"
+    export HF_DATASETS_OFFLINE="1"
+    export HF_HOME="/scratch/hf cache/lr0.0001_tagtwo-words"
   }
   autoexp_setup() {
     :
@@ -25,10 +25,10 @@ case "$AUTOEXP_RUN_INDEX" in
   AUTOEXP_RUN_DIR='/scratch/it'"'"'s a $dir (1)/exp/golden/runs/lr0.0003_tagit-s-HOME-id-'
   autoexp_env() {
     :
-    export HF_HUB_OFFLINE=1
-    export TRANSFORMERS_OFFLINE=1
-    export HF_DATASETS_OFFLINE=1
-    export HF_HOME='/scratch/hf cache/lr0.0003_tagit-s-HOME-id-'
+    export HF_HUB_OFFLINE="1"
+    export TRANSFORMERS_OFFLINE="1"
+    export HF_DATASETS_OFFLINE="1"
+    export HF_HOME="/scratch/hf cache/lr0.0003_tagit-s-HOME-id-"
   }
   autoexp_setup() {
     :

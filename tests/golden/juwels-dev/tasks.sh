@@ -6,13 +6,13 @@ case "$AUTOEXP_RUN_INDEX" in
   AUTOEXP_RUN_DIR='/scratch/it'"'"'s a $dir (1)/exp/golden/runs/lr0.0001_tagtwo-words'
   autoexp_env() {
     :
-    export HF_HUB_OFFLINE=1
-    export TRANSFORMERS_OFFLINE=1
-    export HF_DATASETS_OFFLINE=1
-    export CUDA_VISIBLE_DEVICES=0,1,2,3
-    export NCCL_SOCKET_IFNAME=ib0
-    export GLOO_SOCKET_IFNAME=ib0
-    export HF_HOME='/scratch/hf cache/lr0.0001_tagtwo-words'
+    export HF_HUB_OFFLINE="1"
+    export TRANSFORMERS_OFFLINE="1"
+    export HF_DATASETS_OFFLINE="1"
+    export CUDA_VISIBLE_DEVICES="0,1,2,3"
+    export NCCL_SOCKET_IFNAME="ib0"
+    export GLOO_SOCKET_IFNAME="ib0"
+    export HF_HOME="/scratch/hf cache/lr0.0001_tagtwo-words"
   }
   autoexp_setup() {
     :
@@ -28,13 +28,13 @@ case "$AUTOEXP_RUN_INDEX" in
   AUTOEXP_RUN_DIR='/scratch/it'"'"'s a $dir (1)/exp/golden/runs/lr0.0003_tagit-s-HOME-id-'
   autoexp_env() {
     :
-    export HF_HUB_OFFLINE=1
-    export TRANSFORMERS_OFFLINE=1
-    export HF_DATASETS_OFFLINE=1
-    export CUDA_VISIBLE_DEVICES=0,1,2,3
-    export NCCL_SOCKET_IFNAME=ib0
-    export GLOO_SOCKET_IFNAME=ib0
-    export HF_HOME='/scratch/hf cache/lr0.0003_tagit-s-HOME-id-'
+    export HF_HUB_OFFLINE="1"
+    export TRANSFORMERS_OFFLINE="1"
+    export HF_DATASETS_OFFLINE="1"
+    export CUDA_VISIBLE_DEVICES="0,1,2,3"
+    export NCCL_SOCKET_IFNAME="ib0"
+    export GLOO_SOCKET_IFNAME="ib0"
+    export HF_HOME="/scratch/hf cache/lr0.0003_tagit-s-HOME-id-"
   }
   autoexp_setup() {
     :
