@@ -8,6 +8,10 @@ and starts over from the top when the file was truncated, replaced or rewritten 
 the cursor is saved in the same atomic state write as the events it produced, a sidecar killed at
 any instant neither misses a line nor counts one twice.
 
+Every value of every metric is passed, in file order, to the scan's ``sink`` with its ordinal
+(the cursor's ``metric_n`` counts each metric's matches), which is how the metric history (autoexp/history.py)
+gets each point exactly once even when lines are read again after a crash.
+
 Patterns are Python regular expressions matched against one line at a time. For speed each pattern
 is first searched in the whole new text (one C-level scan per pattern); only the lines it hits are
 then matched on their own, so a match that would straddle two lines never counts.
@@ -20,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 CHUNK = 8 << 20  # bytes read at a time
 MAX_LINE = 1 << 20  # a "line" this long without a newline is matched anyway (progress bars)
@@ -70,14 +74,20 @@ class Scan:
     restarted: str = ""  # why the file was read again from the top ("truncated", ...), if it was
 
 
+# sink(metric, ordinal, step, value): the ordinal-th match of the metric in this log; step is the
+# pattern's ``step`` group (a number) when it has one, else None.
+Sink = Callable[[str, int, Any, Any], None]
+
+
 def new_cursor(path: str) -> dict:
-    return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None}
+    return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None, "metric_n": {}}
 
 
-def scan(cursor: dict, rules: Rules, final: bool = False) -> Scan:
+def scan(cursor: dict, rules: Rules, final: bool = False, sink: Sink | None = None) -> Scan:
     """Match the bytes ``cursor["path"]`` gained since the cursor; advance the cursor (in place).
 
-    With ``final`` (the run is over) a last line without a newline is matched too.
+    With ``final`` (the run is over) a last line without a newline is matched too. Each metric
+    value goes to ``sink`` with its ordinal (see the module docstring).
     """
     result = Scan()
     try:
@@ -101,7 +111,7 @@ def scan(cursor: dict, rules: Rules, final: bool = False) -> Scan:
             cut = _line_end(buffer, eof and final)
             if cut:
                 text = buffer[:cut].decode("utf-8", "replace")
-                _match(text, rules, number, result)
+                _match(text, rules, number, result, cursor.setdefault("metric_n", {}), sink)
                 tail = (cursor_tail(cursor) + buffer[max(0, cut - TAIL):cut])[-TAIL:]
                 cursor.update(offset=cursor["offset"] + cut, tail=tail.hex())
                 result.bytes_read += cut
@@ -172,33 +182,25 @@ def _next_break(text: str, pos: int, end: int) -> int:
     return newline if cr < 0 else cr
 
 
-def _match(text: str, rules: Rules, number: int, result: Scan) -> None:
+def _match(text: str, rules: Rules, number: int, result: Scan, counts: dict, sink: Sink | None) -> None:
     for rule in rules.events:
         for line_start, hit in _lines_hit(rule.regex, text):
             groups = {k: v for k, v in hit.groupdict().items() if v is not None}
             result.events.append(Match(rule, groups, (number, line_start)))
     result.events.sort(key=lambda m: m.position)
     for rule in rules.metrics:
-        value = _last_value(rule.regex, text)
+        has_step = "step" in rule.regex.groupindex
+        value = None
+        for _, hit in _lines_hit(rule.regex, text):
+            value = metric_value(hit)
+            if value is None:
+                continue
+            counts[rule.name] = ordinal = counts.get(rule.name, 0) + 1
+            if sink is not None:
+                step = _number(hit.group("step")) if has_step else None
+                sink(rule.name, ordinal, step if isinstance(step, (int, float)) else None, value)
         if value is not None:
             result.metrics[rule.name] = value
-
-
-def _last_value(regex: re.Pattern, text: str, window: int = 1 << 16):
-    """The metric's value on the last line that matches, searching from the end of ``text``."""
-    end = len(text)
-    while end > 0:
-        start = max(0, end - window)
-        if start:
-            start = _line_start(text, start)
-        last = None
-        for _, hit in _lines_hit(regex, text, start, end):
-            last = hit
-        if last is not None:
-            return metric_value(last)
-        end = start
-        window *= 2
-    return None
 
 
 def metric_value(hit: re.Match):
@@ -209,6 +211,11 @@ def metric_value(hit: re.Match):
         text = hit.group(1)
     else:
         text = hit.group(0)
+    return _number(text)
+
+
+def _number(text: str | None):
+    """``text`` as an int or a finite float when it is one, else the text itself (or None)."""
     if text is None:
         return None
     text = text.strip()

@@ -1,0 +1,307 @@
+"""``report.html``: the sweep on one self-contained page, a view of the state and the metric history.
+
+What a sweep is for, side by side: each metric's curves (one line per run, failed and cancelled
+runs marked), the final value of the chosen metric against each swept parameter, the runs ranked
+by it, a timeline of every attempt (pending and running told apart, coloured by how it ended),
+the counts, the sidecar's health and a link to each run's log.
+
+The plots are Plotly's (the optional extra ``autoexp[report]``): a well-kept library whose figures
+are interactive (hover names a run, the legend hides one) and whose JavaScript is written into the
+page, so the report needs no network: it can be copied off the cluster or opened from a notebook.
+Without Plotly the page keeps the tables (ranking, attempts, counts, health, logs) and says how
+to get the plots. Large sweeps plot the best ``MAX_CURVES`` runs and the failed ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import history
+
+REPORT = "report.html"
+MAX_CURVES = 60  # runs drawn per metric (ranked best first, failed ones added)
+MAX_POINTS = 400  # points per drawn curve (history.halved until below)
+ENDED_BAD = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED",
+             "CANCELLED", "SKIPPED"}
+STATE_COLOURS = {"COMPLETED": "#2e7d32", "RUNNING": "#0277bd", "PENDING": "#9e9e9e", "PLANNED": "#bdbdbd",
+                 "CANCELLED": "#8e24aa", "TIMEOUT": "#ef6c00", "REQUEUED": "#f9a825"}
+BAD_COLOUR = "#c62828"
+
+
+def colour(state: str) -> str:
+    return STATE_COLOURS.get(state, BAD_COLOUR if state in ENDED_BAD else "#607d8b")
+
+
+def metric_names(doc: dict, histories: dict[str, dict]) -> list[str]:
+    names = {m for h in histories.values() for m in h}
+    names |= {m for run in doc["runs"].values() for m, v in (run.get("metrics") or {}).items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return sorted(names)
+
+
+def final_value(run: dict, metric: str) -> float | None:
+    value = (run.get("metrics") or {}).get(metric)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def ranked(doc: dict, metric: str | None, goal: str) -> list[str]:
+    """Run names, best ``metric`` first (``goal`` min or max); runs without a value last."""
+    def key(name: str):
+        value = final_value(doc["runs"][name], metric) if metric else None
+        if value is None:
+            return (1, 0.0, doc["runs"][name]["index"])
+        return (0, value if goal == "min" else -value, doc["runs"][name]["index"])
+    return sorted(doc["runs"], key=key)
+
+
+def swept(doc: dict) -> list[str]:
+    """The parameters that vary across the sweep (the others say nothing about a run)."""
+    values: dict[str, set] = {}
+    for run in doc["runs"].values():
+        for key, value in (run.get("params") or {}).items():
+            values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+    return [key for key, seen in values.items() if len(seen) > 1]
+
+
+# --------------------------------------------------------------------------- plots
+
+def _plotly():
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        return None
+    return go
+
+
+def curves_figure(go, doc: dict, metric: str, histories: dict[str, dict], shown: list[str]):
+    fig = go.Figure()
+    for name in shown:
+        run = doc["runs"][name]
+        attempts = histories.get(name, {}).get(metric, {})
+        bad = run["state"] in ENDED_BAD
+        for attempt, points in sorted(attempts.items()):
+            while len(points) > MAX_POINTS:
+                points = history.halved(points)
+            latest = attempt == max(attempts)
+            label = f"{name} ({run['state']})" if bad else name
+            fig.add_trace(go.Scatter(
+                x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
+                legendgroup=name, showlegend=latest,
+                line={"dash": "dash" if bad else ("solid" if latest else "dot"), "width": 1.5},
+                hovertemplate=f"{html.escape(name)} attempt {attempt}<br>step %{{x}}<br>{html.escape(metric)} %{{y}}"
+                              "<extra></extra>"))
+    fig.update_layout(title=f"{metric} per run", xaxis_title="step", yaxis_title=metric, height=420,
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"font": {"size": 10}})
+    return fig
+
+
+def parameter_figure(go, doc: dict, metric: str, param: str):
+    names = [n for n, r in doc["runs"].items() if final_value(r, metric) is not None]
+    fig = go.Figure(go.Scatter(
+        x=[_axis_value(doc["runs"][n]["params"].get(param)) for n in names],
+        y=[final_value(doc["runs"][n], metric) for n in names], mode="markers", text=names,
+        marker={"size": 10, "color": [colour(doc["runs"][n]["state"]) for n in names]},
+        hovertemplate="%{text}<br>" + html.escape(param) + " %{x}<br>" + html.escape(metric) + " %{y}<extra></extra>"))
+    fig.update_layout(title=f"final {metric} against {param}", xaxis_title=param, yaxis_title=metric,
+                      height=360, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    if _is_log_axis(doc, param):
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def _axis_value(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else json.dumps(value)
+
+
+def _is_log_axis(doc: dict, param: str) -> bool:
+    values = [r["params"].get(param) for r in doc["runs"].values()]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(numbers) == len(values) and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
+
+
+def timeline_figure(go, doc: dict, order: list[str], now: dt.datetime):
+    """One row per run: each attempt's pending part (submitted to started) and running part."""
+    bars: dict[str, dict[str, list]] = {}
+    for name in order:
+        for attempt in doc["runs"][name].get("attempts") or []:
+            submitted, started = _time(attempt.get("submitted")), _time(attempt.get("started"))
+            ended = _time(attempt.get("completed")) or (now if attempt["state"] in ("RUNNING", "PENDING") else None)
+            label = f"{name}{_stage(attempt)}"
+            if submitted and (started or ended):
+                _bar(bars, "waiting", label, submitted, started or ended, attempt)
+            if started and ended:
+                _bar(bars, attempt["state"], label, started, ended, attempt)
+    fig = go.Figure()
+    for state, bar in bars.items():
+        fig.add_trace(go.Bar(
+            y=bar["y"], x=bar["x"], base=bar["base"], orientation="h", name=state.lower(),
+            marker={"color": "#e0e0e0" if state == "waiting" else colour(state)}, text=bar["text"],
+            hovertemplate="%{y}<br>%{text}<extra></extra>", textposition="none"))
+    fig.update_layout(barmode="overlay", title="attempts over time", height=max(240, 26 * len(order) + 120),
+                      xaxis={"type": "date"}, yaxis={"autorange": "reversed", "type": "category"},
+                      margin={"l": 160, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def _bar(bars: dict, state: str, label: str, start: dt.datetime, end: dt.datetime, attempt: dict) -> None:
+    bar = bars.setdefault(state, {"y": [], "x": [], "base": [], "text": []})
+    bar["y"].append(label)
+    bar["x"].append(max((end - start).total_seconds(), 1.0) * 1000)
+    bar["base"].append(start.strftime("%Y-%m-%d %H:%M:%S"))
+    phase = "waiting in the queue" if state == "waiting" else state
+    bar["text"].append(f"attempt {attempt['attempt']} (job {attempt['job_id']}): {phase}, "
+                       f"{start:%H:%M:%S} to {end:%H:%M:%S}")
+
+
+def _stage(attempt: dict) -> str:
+    return f" [{attempt['stage']}]" if attempt.get("stage") else ""
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- the page
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#212121}
+h1{margin-bottom:4px} .muted{color:#757575} .chip{display:inline-block;padding:2px 8px;border-radius:10px;
+color:#fff;margin-right:6px;font-size:90%} table{border-collapse:collapse;margin:8px 0 24px}
+td,th{border-bottom:1px solid #e0e0e0;padding:4px 10px;text-align:left;font-size:90%}
+th{background:#fafafa} .bad{color:#c62828} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:8px}
+section{margin-bottom:28px}
+"""
+
+
+def build(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min",
+          now: dt.datetime | None = None) -> str:
+    """The report page for the status document ``doc`` (what ``autoexp status --json`` prints)."""
+    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    histories = {name: {m: {int(a): pts for a, pts in att.items()} for m, att in history.series(exp_dir, name).items()}
+                 for name in doc["runs"]}
+    metrics = metric_names(doc, histories)
+    chosen = metric if metric is not None else (metrics[0] if metrics else None)
+    order = ranked(doc, chosen, goal)
+    go = _plotly()
+    parts = [_header(doc, chosen, goal)]
+    if go is None:
+        parts.append("<section><p class=muted>Plots need Plotly: <code>pip install 'autoexp[report]'</code>, "
+                     "then <code>autoexp report</code>. The tables below are complete without it.</p></section>")
+        figures: list[tuple[str, Any]] = []
+    else:
+        shown = order[:MAX_CURVES] + [n for n in order[MAX_CURVES:] if doc["runs"][n]["state"] in ENDED_BAD]
+        figures = [(f"curves-{m}", curves_figure(go, doc, m, histories, shown)) for m in metrics]
+        if chosen:
+            figures += [(f"param-{p}", parameter_figure(go, doc, chosen, p)) for p in swept(doc)]
+        figures.append(("timeline", timeline_figure(go, doc, sorted(doc["runs"], key=lambda n: doc["runs"][n]["index"]), now)))
+    first = True
+    for section, title in (("curves-", "Metrics"), ("param-", "Final value against each swept parameter"),
+                           ("timeline", "Timeline")):
+        chosen_figures = [(key, fig) for key, fig in figures if key.startswith(section)]
+        if not chosen_figures:
+            continue
+        parts.append(f"<section id={section.rstrip('-')}><h2>{html.escape(title)}</h2><div class=grid>")
+        for key, fig in chosen_figures:
+            parts.append(f"<div class=plot id='{html.escape(key)}'>")
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
+            parts.append("</div>")
+            first = False
+        parts.append("</div></section>")
+    parts.append(_ranking(doc, order, metrics, chosen, goal, exp_dir))
+    parts.append(_attempts(doc))
+    return ("<!DOCTYPE html><html><head><meta charset=utf-8>"
+            f"<title>{html.escape(doc['experiment'])}: autoexp report</title><style>{STYLE}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+
+
+def _header(doc: dict, metric: str | None, goal: str) -> str:
+    counts = "".join(f"<span class=chip style='background:{colour(s)}'>{n} {html.escape(s)}</span>"
+                     for s, n in sorted(doc["counts"].items()))
+    h = doc["health"]
+    health = f"sidecar: <b>{html.escape(h['sidecar'])}</b>"
+    if h.get("fix"):
+        health += f" &mdash; fix: <code>{html.escape(h['fix'])}</code>"
+    if h.get("last_error"):
+        health += f"<br><span class=bad>{html.escape(h['last_error'])}</span> ({html.escape(h['log'] or '')})"
+    ranked_by = f"runs ranked by final <b>{html.escape(metric)}</b> ({'lowest' if goal == 'min' else 'highest'} first)" \
+        if metric else "no metric recorded yet"
+    prog = doc["progress"]
+    return (f"<h1>{html.escape(doc['experiment'])}</h1><div class=muted>{html.escape(doc.get('exp_dir', ''))} &middot; "
+            f"updated {html.escape(doc.get('updated') or '-')} UTC &middot; {ranked_by}</div>"
+            f"<section id=counts><p>{prog['finished']}/{prog['runs']} finished &nbsp; {counts}</p><p>{health}</p></section>")
+
+
+def _ranking(doc: dict, order: list[str], metrics: list[str], chosen: str | None, goal: str, exp_dir: Path) -> str:
+    params = swept(doc)
+    head = ["#", "run", "state", *params, *metrics, "tries", "elapsed", "log"]
+    rows = []
+    for rank, name in enumerate(order, 1):
+        run = doc["runs"][name]
+        log = _log_link(run, exp_dir)
+        cells = [str(rank), html.escape(name),
+                 f"<span style='color:{colour(run['state'])}'>{html.escape(run['state'])}</span>",
+                 *[html.escape(json.dumps(run["params"].get(p))) for p in params],
+                 *[_number(final_value(run, m)) for m in metrics], str(len(run.get("attempts") or [])),
+                 _duration(run.get("elapsed_s")), log]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ("<section id=ranking><h2>Runs</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr>" + "".join(rows) + "</table></section>")
+
+
+def _attempts(doc: dict) -> str:
+    rows = []
+    for name, run in sorted(doc["runs"].items(), key=lambda item: item[1]["index"]):
+        for a in run.get("attempts") or []:
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+                name + _stage(a), a["attempt"], a["job_id"], a["state"], a.get("submitted") or "-",
+                a.get("started") or "-", a.get("completed") or "-", a.get("nodes") or "-")) + "</tr>")
+    head = ["run", "attempt", "job", "state", "submitted", "started", "ended", "nodes"]
+    return ("<section id=attempts><h2>Attempts</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join(rows) + "</table></section>")
+
+
+def _log_link(run: dict, exp_dir: Path) -> str:
+    attempts = run.get("attempts") or []
+    if not attempts or not attempts[-1].get("log"):
+        return "-"
+    path = Path(attempts[-1]["log"])
+    try:
+        href = os.path.relpath(path, exp_dir)
+    except ValueError:
+        href = str(path)
+    return f"<a href='{html.escape(href)}'>{html.escape(path.name)}</a>"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def write(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min") -> Path:
+    """Write ``report.html`` atomically (a reader never sees half a page)."""
+    exp_dir = Path(exp_dir)
+    text = build(doc, exp_dir, metric, goal)
+    fd, tmp = tempfile.mkstemp(dir=exp_dir, prefix=f".{REPORT}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, exp_dir / REPORT)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return exp_dir / REPORT
