@@ -1,12 +1,12 @@
 """autoexp: launch a sweep as one Slurm job array and let a sidecar job keep its state true."""
 
 from .errors import AutoexpError, InputError, SchedulerError
-from .experiment import (LaunchResult, cancel, experiments, find, launch, load_config, log_path, logs,
-                         plan_experiment, resume, retry, status)
+from .experiment import (LaunchResult, cancel, experiments, find, launch, load_config, log_path, logs, metrics,
+                         plan_experiment, resume, retry, status, write_report)
 from .run import NotInRunError, current_run
 
 __all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "SchedulerError", "cancel", "experiments",
-           "find", "launch", "load_config", "log_path", "logs", "plan_experiment", "resume", "retry", "status",
+           "find", "launch", "load_config", "log_path", "logs", "metrics", "plan_experiment", "write_report", "resume", "retry", "status",
            "current_run", "NotInRunError", "launch_function", "results", "RunFailed"]
 __version__ = "0.1.0"
 

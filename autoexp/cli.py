@@ -58,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--attempt", type=int, metavar="N", help="that attempt's log (default: the latest)")
 
+    p = add("metrics", "print every recorded metric value: run, attempt, metric, step, value")
+    experiment_arg(p)
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="as CSV, with a header line (the default)")
+    form.add_argument("--json", action="store_true", help="as a JSON list of rows")
+    p = add("report", "write report.html: metric curves, final values against parameters, ranking, timeline")
+    experiment_arg(p)
+    p.add_argument("--metric", help="the metric runs are ranked by (default: report.metric, else the first)")
+    p.add_argument("--goal", choices=("min", "max"), help="lower or higher is better (default: report.goal, min)")
+
     p = add("sidecar", "what the sidecar job runs: poll until every run is finished")
     p.add_argument("exp", help="experiment directory or name")
     p.add_argument("--once", action="store_true", help="one poll, then exit")
@@ -115,9 +125,10 @@ def cmd_status(args) -> int:
             print(json_text(doc), flush=True)
         else:
             colour, limit, width = terminal_layout(sys.stdout, args.all)
-            if args.watch and sys.stdout.isatty():
-                sys.stdout.write("\033[H\033[J")
-            sys.stdout.write(render(doc, colour, limit, width))
+            text = render(doc, colour, limit, width)
+            if args.watch and sys.stdout.isatty():  # in place: home, each line over the last, clear the rest
+                text = "\033[H" + text.replace("\n", "\033[K\n") + "\033[J"
+            sys.stdout.write(text)
             sys.stdout.flush()
         if not args.watch or doc["done"]:
             return 0
@@ -186,6 +197,22 @@ def cmd_logs(args) -> int:
     from .experiment import logs
 
     logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir)
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from .experiment import metrics
+    from .history import to_csv
+
+    rows = metrics(args.exp, args.output_dir)
+    sys.stdout.write(json_text(rows) + "\n" if args.json else to_csv(iter(rows)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .experiment import write_report
+
+    print(write_report(args.exp, args.output_dir, metric=args.metric, goal=args.goal))
     return 0
 
 

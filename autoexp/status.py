@@ -27,7 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import report, state as statefile
+from . import history, report, state as statefile
 from .errors import AutoexpError
 from .scheduler import TERMINAL
 
@@ -184,13 +184,47 @@ def elapsed(run: dict, now: dt.datetime) -> str:
     return report.human_duration(run.get("elapsed_s"))
 
 
-def row(name: str, run: dict, now: dt.datetime) -> list[str]:
+def row(name: str, run: dict, now: dt.datetime, trend_text: str) -> list[str]:
     metrics = " ".join(f"{k}={report.format_value(v)}" for k, v in (run.get("metrics") or {}).items())
     return [name, run["state"], run.get("job_id") or "-", elapsed(run, now), str(len(run.get("attempts") or [])),
-            metrics or "-", report.latest_event(run) or "-"]
+            trend_text, metrics or "-", report.latest_event(run) or "-"]
 
 
-HEADER = ["RUN", "STATE", "JOB", "ELAPSED", "TRIES", "METRICS", "LATEST EVENT"]
+HEADER = ["RUN", "STATE", "JOB", "ELAPSED", "TRIES", "TREND", "METRICS", "LATEST EVENT"]
+FIXED = 6  # columns sized by their content; the last two share what is left of the terminal
+TREND_WIDTH = 12
+TREND_ROWS = 200  # rows that get a trend: each reads its run's metric history
+SPARKS, ASCII_SPARKS = "▁▂▃▄▅▆▇█", "_.-=+*#"
+
+
+def trend_metric(state: dict) -> str | None:
+    """The metric the TREND column follows: the first one the sidecar recorded a number for."""
+    for run in state["runs"].values():
+        for name, value in (run.get("metrics") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return name
+    return None
+
+
+def trend(exp_dir: Path, name: str, metric: str | None, ascii_only: bool) -> str:
+    """A sparkline of ``metric`` over the run's latest attempt, from its metric history."""
+    if metric is None:
+        return "-"
+    attempts = history.series(exp_dir, name).get(metric) or {}
+    return sparkline([value for _, value in attempts[max(attempts)]], ascii_only) if attempts else "-"
+
+
+def sparkline(values: list[float], ascii_only: bool = False, width: int = TREND_WIDTH) -> str:
+    """``values`` squeezed into ``width`` characters (each the mean of its share), low to high."""
+    if len(values) < 2:
+        return "-"
+    marks = ASCII_SPARKS if ascii_only else SPARKS
+    n = min(width, len(values))
+    means = [sum(part) / len(part) for part in (values[i * len(values) // n:(i + 1) * len(values) // n]
+                                                for i in range(n)) if part]
+    low, high = min(means), max(means)
+    span = (high - low) or 1.0
+    return "".join(marks[min(len(marks) - 1, int((v - low) / span * len(marks)))] for v in means)
 
 
 def fit(text: str, width: int) -> str:
@@ -210,13 +244,17 @@ def ranked(state: dict, limit: int | None = None) -> list[tuple[str, dict]]:
 
 def table(state: dict, paint: Painter, now: dt.datetime, limit: int | None, width: int | None) -> list[str]:
     shown = ranked(state, limit)
-    rows = [row(name, run, now) for name, run in shown]
+    metric = trend_metric(state)
+    ascii_only = not (sys.stdout.encoding or "").lower().startswith("utf")
+    exp_dir = Path(state.get("exp_dir") or ".")
+    rows = [row(name, run, now, trend(exp_dir, name, metric, ascii_only) if k < TREND_ROWS else "-")
+            for k, (name, run) in enumerate(shown)]
     widths = [max([len(HEADER[i])] + [len(r[i]) for r in rows]) for i in range(len(HEADER))]
     widths[0] = min(widths[0], 48)
     if width:  # the free-text columns share what is left of the terminal's width
-        left = width - sum(widths[:5]) - 2 * 6
-        widths[5] = min(widths[5], max(left // 2, 8))
-        widths[6] = max(left - widths[5], 8)
+        left = width - sum(widths[:FIXED]) - 2 * (len(HEADER) - 1)
+        widths[FIXED] = min(widths[FIXED], max(left // 2, 8))
+        widths[FIXED + 1] = max(left - widths[FIXED], 8)
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADER, widths)).rstrip()]
     for cells in rows:
         cells = [fit(c, w).ljust(w) for c, w in zip(cells, widths)]

@@ -38,7 +38,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import actions, report, scheduler as schedmod, state as statefile
+from .. import actions, history, report, scheduler as schedmod, state as statefile
 from ..config import Config, parse_duration, slurm_time_seconds
 from ..errors import AutoexpError
 from ..scheduler import TERMINAL, JobRecord, Scheduler
@@ -445,7 +445,8 @@ class _Poll:
         if cursor is None or cursor.get("attempt") != current["attempt"]:
             same_file = cursor is not None and cursor.get("path") == current["log"]  # a Slurm requeue appends
             cursor = dict(cursor) if same_file else logwatch.new_cursor(current["log"])
-            cursor.update(attempt=current["attempt"], final=False, stalled=False, grown=self.when, counts={})
+            cursor.update(attempt=current["attempt"], final=False, stalled=False, grown=self.when, counts={},
+                          metric_n={})
             run["log_cursor"] = cursor
         if cursor.get("final"):
             return
@@ -465,7 +466,9 @@ class _Poll:
             if logwatch.log_size(cursor["path"]) != cursor.get("size"):  # stall watch only: no reading
                 cursor.update(size=logwatch.log_size(cursor["path"]), grown=self.when, stalled=False)
             return
-        found = logwatch.scan(cursor, self.settings.rules, final=final)
+        recorder = history.Recorder(self.exp_dir, name, cursor["attempt"])
+        found = logwatch.scan(cursor, self.settings.rules, final=final, sink=recorder)
+        recorder.save()  # before the state that holds the cursor: see autoexp/history.py
         if found.grew:
             cursor.update(grown=self.when, stalled=False)
         if found.restarted:

@@ -16,8 +16,10 @@ echo "== cluster"
 bash "$repo/cluster/setup.sh"
 
 echo "== sudo rule: $test_user may set test nodes down/up (the NODE_FAIL test)"
-# sudo (the NODE_FAIL test), git (the README test clones) and GNU time (bench/status.py, run by it).
+# sudo (the NODE_FAIL test), git (the README test clones), GNU time (bench/status.py, run by it)
+# and a headless browser (the report is looked at in one).
 missing=()
+command -v chromium >/dev/null || missing+=(chromium)
 command -v sudo >/dev/null || missing+=(sudo)
 command -v git >/dev/null || missing+=(git)
 [ -x /usr/bin/time ] || missing+=(time)
@@ -30,8 +32,10 @@ chmod 440 /etc/sudoers.d/autoexp-test
 echo "== install autoexp into $venv"
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
 export PIP_CONSTRAINT="$repo/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
+artifacts=${AUTOEXP_ARTIFACTS:-/tmp/autoexp-artifacts}  # what the tests keep to be looked at (screenshots)
+mkdir -p "$artifacts" && chown "$test_user:" "$artifacts"
 "$venv/bin/python" -m pip install -q pip >/dev/null
-"$venv/bin/python" -m pip install -q "$repo[test]"
+"$venv/bin/python" -m pip install -q "$repo[test,report]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$repo"
 # For the multi-node example's real torchrun (tests/test_templates.py), not a dependency of autoexp:
 # the CPU build, which this machine's pip finds locally (find-links), pinned.
@@ -54,6 +58,7 @@ cd "$work"
 set +e
 runuser -u "$test_user" -- env HOME="/home/$test_user" PATH="$venv/bin:$PATH" AUTOEXP_REQUIRE_SLURM=1 \
   PIP_CONSTRAINT="$work/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1 AUTOEXP_ORIGIN="${AUTOEXP_ORIGIN:-}" \
+  AUTOEXP_ARTIFACTS="$artifacts" \
   "$venv/bin/python" -m pytest -p no:cacheprovider -rs "$@"  # no path given: testpaths (tests/)
 status=$?
 set -e
