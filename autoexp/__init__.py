@@ -13,8 +13,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Config is imported on first use: `autoexp status` must not pay for yaml (nor plan for jinja2).
-    # Code inside the package imports from `.status` and `.plan` by name: `from . import status`
-    # would find the API function `status` bound here.
     if name == "Config":
         from .config import Config
 

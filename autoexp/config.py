@@ -442,7 +442,8 @@ def expand_env(text: str, environ=os.environ) -> str:
 
     An unset or empty VAR without a default raises KeyError(VAR); a malformed reference ValueError.
     """
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while True:
         start = text.find("${", i)
         if start < 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import shlex
@@ -29,16 +30,19 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import experiment, state as statefile
+from . import experiment, model, statefile
 from .config import slurm_time_seconds
 from .errors import AutoexpError, InputError, SchedulerError
 from .run import CurrentRun, current_run
-from .scheduler import TERMINAL, Submission
-from .slurm import SlurmScheduler, expand_range
+from .jobstates import TERMINAL
+from .scheduler import Submission, expand_range
+from .slurm import SlurmScheduler
 
 FOLDER = ".submitit"  # submitit's folder in the experiment: the pickled calls and their results
 REQUEUE = {"before": 60, "max": 10}  # requeue defaults; 10 is also the array template's max
 SHORT = 200  # characters of a result or an error kept in state.json
+
+log = logging.getLogger(__name__)
 
 
 class RunFailed(AutoexpError):
@@ -150,7 +154,7 @@ class Submitter(SlurmScheduler):
         # defaults key by key (its keys are Python names: job_name, not job-name).
         additional = {key.replace("-", "_"): value if value != "" else True
                       for key, value in directives.items() if key != "open-mode"}
-        executor.update_parameters(time=math.ceil(slurm_time_seconds(directives["time"]) / 60), use_srun=False,
+        executor.update_parameters(time=math.ceil((slurm_time_seconds(directives["time"]) or 0) / 60), use_srun=False,
                                    stderr_to_stdout=True, wckey=None, additional_parameters=additional)
         return executor
 
@@ -192,6 +196,10 @@ def _short(value: Any) -> str:
 
 def main() -> int:
     """Run this task's pickled call with submitit's job code; record its outcome in state.json."""
+    handler = logging.StreamHandler(sys.stdout)  # the run's log; submitit's own logging is left alone
+    handler.setFormatter(logging.Formatter("autoexp: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     run = current_run()
     os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # submitit's job script exports it; a retry has none
     from submitit.core import submission, utils
@@ -234,28 +242,31 @@ def adopt(run: CurrentRun, target: Path) -> None:
         if source.exists():
             config = Config.from_experiment(run.exp_dir)
             delayed = DelayedSubmission.load(source)
-            delayed.set_timeout(math.ceil(slurm_time_seconds(config["slurm"]["time"]) / 60), config["requeue"]["max"])
+            delayed.set_timeout(math.ceil((slurm_time_seconds(config["slurm"]["time"]) or 0) / 60), config["requeue"]["max"])
             with temporary_save_path(target) as tmp:
                 delayed.dump(tmp)
-            print(f"autoexp: attempt {run.attempt} starts from the call pickled by job {job_id}", flush=True)
+            log.info("attempt %s starts from the call pickled by job %s", run.attempt, job_id)
             return
 
 
 def record(run: CurrentRun, result: str | None = None, error: str | None = None) -> None:
     """The outcome in state.json: the run's ``result`` or ``error``, and an event (``returned`` or
     ``raised``), the latest one that ``autoexp status`` and the summary show; RESULT in events.log."""
-    print(f"autoexp: {'result' if error is None else 'error'}: {result if error is None else error}", flush=True)
+    log.info("%s: %s", "result" if error is None else "error", result if error is None else error)
     try:
         with statefile.locked(run.exp_dir) as st:
             entry = st["runs"][run.name]
-            entry.pop("error" if error is None else "result", None)
-            entry.update({"result": result} if error is None else {"error": error})
-            entry["events"].append({"name": "returned", "time": statefile.now(), "groups": {"value": result}}
-                                   if error is None else
-                                   {"name": "raised", "time": statefile.now(), "groups": {"error": error}})
-            statefile.log(st, "RESULT", run.name, Attempt=run.attempt, Value=result, Error=error)
+            if error is None:
+                entry.pop("error", None)
+                entry["result"] = result
+                entry["events"].append(model.new_event("returned", model.now(), {"value": result}))
+            else:
+                entry.pop("result", None)
+                entry["error"] = error
+                entry["events"].append(model.new_event("raised", model.now(), {"error": error}))
+            model.log(st, "RESULT", run.name, Attempt=run.attempt, Value=result, Error=error)
     except AutoexpError as err:
-        print(f"autoexp: could not record the outcome in state.json: {err}", file=sys.stderr, flush=True)
+        log.error("could not record the outcome in state.json: %s", err)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import psutil
 
 from .config import slurm_time_seconds
 from .errors import SchedulerError
-from .scheduler import JobRecord, Scheduler, Submission
-from .slurm import expand_range
-from .state import atomic_write, now, parse_time
+from .scheduler import JobRecord, Scheduler, Submission, expand_range
+from .model import now, parse_time
+from .statefile import atomic_write
 
 POLL = 0.2
 

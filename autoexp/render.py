@@ -77,7 +77,7 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
     try:
         out = _compile(mode, source).render(context)
     except jinja2.UndefinedError as err:
-        raise InputError(_undefined_message(str(err.message), context), *where) from None
+        raise InputError(undefined_message(str(err.message), context), *where) from None
     except jinja2.TemplateSyntaxError as err:
         raise InputError(f"template syntax error: {err.message}", *where) from None
     except Exception as err:  # a filter or expression failing on a value
@@ -88,7 +88,7 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
     return out
 
 
-def _undefined_message(message: str, context: dict) -> str:
+def undefined_message(message: str, context: dict) -> str:
     match = re.search(r"'([^']+)' is undefined", message)
     if not match:
         return message

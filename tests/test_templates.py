@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 
 from autoexp import config as configmod, plan as planmod
-from autoexp.scheduler import TERMINAL
+from autoexp.jobstates import TERMINAL
 from conftest import REPO, autoexp, read_state, sacct_rows, wait_for, write_config
 
 GOLDEN = Path(__file__).parent / "golden"

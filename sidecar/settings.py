@@ -1,0 +1,46 @@
+"""What the sidecar needs from the experiment's resolved config.yaml, read once when it starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config, parse_duration, slurm_time_seconds
+from . import logwatch
+
+
+@dataclass
+class Settings:
+    """What the sidecar needs from the experiment's resolved config.yaml."""
+
+    interval: float = 60.0
+    rules: logwatch.Rules = field(default_factory=logwatch.Rules)
+    stall_after: float | None = None
+    stall_action: str = "log"
+    retry_max: int = 0
+    retry_on: frozenset = frozenset()
+    mode: str = "job"
+    handover: float = 300.0
+    time_limit: float | None = None  # sidecar.time in seconds
+    mail: bool = False
+
+    @classmethod
+    def load(cls, exp_dir: Path) -> "Settings":
+        data = Config.from_experiment(Path(exp_dir)).data
+        monitor = data.get("monitor") or {}
+        sidecar = data.get("sidecar") or {}
+        retries = monitor.get("retries") or {}
+        limit = str(sidecar.get("time") or "")
+        return cls(
+            interval=float(monitor.get("interval") or 60),
+            rules=logwatch.Rules.from_monitor(monitor),
+            stall_after=parse_duration(monitor["stall_after"]) if monitor.get("stall_after") else None,
+            stall_action=monitor.get("stall_action") or "log",
+            retry_max=int(retries.get("max") or 0),
+            retry_on=frozenset(s.upper() for s in retries.get("on") or []),
+            mode=sidecar.get("mode") or "job",
+            handover=parse_duration(sidecar.get("handover") or "5m"),
+            time_limit=slurm_time_seconds(limit),
+            mail=bool((data.get("notify") or {}).get("mail")),
+        )
+
