@@ -5,9 +5,9 @@ from .experiment import (LaunchResult, cancel, experiments, find, launch, load_c
                          plan_experiment, resume, retry, status)
 from .run import NotInRunError, current_run
 
-__all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "SchedulerError", "cancel", "experiments",
-           "find", "launch", "load_config", "log_path", "logs", "plan_experiment", "resume", "retry", "status",
-           "current_run", "NotInRunError", "launch_function", "results", "RunFailed"]
+__all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "NotInRunError", "RunFailed", "SchedulerError",
+           "cancel", "current_run", "experiments", "find", "launch", "launch_function", "load_config", "log_path",
+           "logs", "plan_experiment", "results", "resume", "retry", "status"]
 __version__ = "0.1.0"
 
 

@@ -7,8 +7,8 @@ state.json is exactly what the scheduler accepted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from . import model
 from .errors import AutoexpError

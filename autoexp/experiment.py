@@ -194,7 +194,8 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
             model.log(st, "SIDECAR_STOP", f"job {sidecar}", Reason="the experiment was cancelled")
         st["done"] = True
         model.recount(st)
-        model.log(st, "ALL_COMPLETE", "Monitoring finished", Reason="cancelled by the user", Summary=model.counts_text(st))
+        model.log(st, "ALL_COMPLETE", "Monitoring finished", Reason="cancelled by the user",
+                  Summary=model.counts_text(st))
         return {"exp_dir": exp_dir, "runs": names, "jobs": jobs, "sidecar": sidecar}
 
 

@@ -13,8 +13,9 @@ The lease rule lives here too (:func:`lease_fresh`): `status`, `resume` and the 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from typing_extensions import NotRequired

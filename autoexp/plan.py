@@ -14,10 +14,10 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Collection
 
 import jinja2
 import jinja2.meta

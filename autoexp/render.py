@@ -15,6 +15,7 @@ import difflib
 import re
 import shlex
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -32,6 +33,7 @@ class ShellVar:
         return f"${{{self.name}}}"
 
 
+JINJA = Path(jinja2.__file__).resolve().parent
 _SENTINEL = "\x00{}\x00"
 _SENTINEL_RE = re.compile("\x00([A-Za-z_][A-Za-z0-9_]*)\x00")
 
@@ -39,20 +41,20 @@ _SENTINEL_RE = re.compile("\x00([A-Za-z_][A-Za-z0-9_]*)\x00")
 def _finalize_line(value: Any) -> str:
     if isinstance(value, ShellVar):
         return f'"{value}"'
-    return shlex.quote(_text(value))
+    return shlex.quote(as_text(value))
 
 
 def _finalize_word(value: Any) -> str:
-    return _SENTINEL.format(value.name) if isinstance(value, ShellVar) else _text(value)
+    return _SENTINEL.format(value.name) if isinstance(value, ShellVar) else as_text(value)
 
 
 def _finalize_plain(value: Any) -> str:
     if isinstance(value, ShellVar):
         raise jinja2.UndefinedError(f"'{value.name}' is only known when the task runs")
-    return _text(value)
+    return as_text(value)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
@@ -80,12 +82,28 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
         raise InputError(undefined_message(str(err.message), context), *where) from None
     except jinja2.TemplateSyntaxError as err:
         raise InputError(f"template syntax error: {err.message}", *where) from None
-    except Exception as err:  # a filter or expression failing on a value
+    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as err:
+        if not raised_in_template(err):
+            raise  # a bug in autoexp (its context, its finalize), not bad input: shown with its traceback
         raise InputError(f"template error: {err}", *where) from None
     if mode == "word":
         # Inside the single-quoted word, close the quotes around each runtime variable.
         out = _SENTINEL_RE.sub(lambda m: f"'\"${{{m.group(1)}}}\"'", shlex.quote(out))
     return out
+
+
+def raised_in_template(err: BaseException) -> bool:
+    """Whether ``err`` came from the template itself: its expression (``<template>``) or a Jinja
+    filter or test it called on a value. Anything else that failed is autoexp's code."""
+    if isinstance(err, jinja2.TemplateError):
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = tb.tb_frame.f_code.co_filename
+    return where == "<template>" or Path(where).resolve().is_relative_to(JINJA)
 
 
 def undefined_message(message: str, context: dict) -> str:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .jobstates import TERMINAL
-
 
 
 @dataclass
@@ -90,6 +89,7 @@ class Scheduler(abc.ABC):
 
     def mute_mail(self, job_id: str) -> None:
         """Stop the job's end-of-job mail (a sidecar handing over is not the experiment's end)."""
+        return None
 
 
 def expand_range(spec: str) -> list[int]:

@@ -11,9 +11,10 @@ import datetime as dt
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import SchedulerError
 from .scheduler import JobRecord, Scheduler, Submission, expand_range
@@ -160,11 +161,11 @@ def parse_sacct(text: str) -> list[JobRecord]:
         if "." in job_id:  # a step (123.batch, 123_4.0): the allocation row already says it all
             continue
         state, _, reason = state.partition(" ")
-        common: dict[str, Any] = dict(state=state, reason=reason, submitted=_time(submit), started=_time(start),
-                      completed=_time(end) if state not in ("PENDING", "RUNNING") else None,
-                      elapsed_s=int(elapsed) if elapsed.isdigit() else None,
-                      exit_code=exit_code or None,
-                      nodes=nodes if nodes and nodes != "None assigned" else None)
+        common: dict[str, Any] = {
+            "state": state, "reason": reason, "submitted": _time(submit), "started": _time(start),
+            "completed": _time(end) if state not in ("PENDING", "RUNNING") else None,
+            "elapsed_s": int(elapsed) if elapsed.isdigit() else None, "exit_code": exit_code or None,
+            "nodes": nodes if nodes and nodes != "None assigned" else None}
         if state == "PENDING":
             common["started"] = None
         pending = _ARRAY_PENDING.match(job_id)

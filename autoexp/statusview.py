@@ -28,6 +28,7 @@ from . import report, statefile
 from .errors import AutoexpError
 from .jobstates import FAILED, TERMINAL
 from .model import STALE_INTERVALS, Run, State, lease_fresh, parse_time, stale_after
+
 ROWS_OFF_TERMINAL = 50  # table rows shown when not on a terminal (--all shows every run)
 
 

@@ -49,7 +49,7 @@ def points(config) -> list[dict]:
 
 
 def _format(value: Any) -> str:
-    text = render._text(value)
+    text = render.as_text(value)
     return UNSAFE_CHARS.sub("-", text)
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 CHUNK = 8 << 20  # bytes read at a time
 MAX_LINE = 1 << 20  # a "line" this long without a newline is matched anyway (progress bars)
@@ -42,7 +42,7 @@ class Rules:
     metrics: list[Rule] = field(default_factory=list)
 
     @classmethod
-    def from_monitor(cls, monitor: dict) -> "Rules":
+    def from_monitor(cls, monitor: dict) -> Rules:
         events = [Rule(e["name"], re.compile(e["pattern"]), e.get("action") or "log")
                   for e in monitor.get("events") or []]
         metrics = [Rule(name, re.compile(pattern)) for name, pattern in (monitor.get("metrics") or {}).items()]

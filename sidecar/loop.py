@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-
 from types import FrameType
 
 from .. import actions, backends, model, statefile

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, parse_duration, slurm_time_seconds
+from ..config import Config
+from ..durations import parse_duration, slurm_time_seconds
 from . import logwatch
 
 
@@ -25,7 +26,7 @@ class Settings:
     mail: bool = False
 
     @classmethod
-    def load(cls, exp_dir: Path) -> "Settings":
+    def load(cls, exp_dir: Path) -> Settings:
         data = Config.from_experiment(Path(exp_dir)).data
         monitor = data.get("monitor") or {}
         sidecar = data.get("sidecar") or {}

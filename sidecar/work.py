@@ -30,7 +30,7 @@ class PollResult:
     events: int = 0
     retried: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-    targets: tuple[list[str], dt.datetime] | None = None  # (job ids, since) for the next query, from the state as written
+    targets: tuple[list[str], dt.datetime] | None = None  # the next query's (job ids, since), as written
 
 
 class Work:
@@ -48,12 +48,13 @@ class Work:
         self.result.changes += 1
         ended = phase(current) == Phase.ENDED
         problem = current in FAILED
+        started, completed, elapsed_s = attempt.get("started"), attempt.get("completed"), attempt.get("elapsed_s")
         model.log(
             self.st, "STATE_CHANGE", name, self.when, Previous=previous, Current=current,
             Job_ID=attempt["job_id"], Attempt=attempt["attempt"] if attempt["attempt"] > 1 else None,
-            Started=report.human_time(attempt.get("started")) if current == "RUNNING" and attempt.get("started") else None,
-            Completed=report.human_time(attempt.get("completed")) if ended and attempt.get("completed") else None,
-            Elapsed=report.human_duration(attempt.get("elapsed_s")) if ended and attempt.get("elapsed_s") is not None else None,
+            Started=report.human_time(started) if current == "RUNNING" and started else None,
+            Completed=report.human_time(completed) if ended and completed else None,
+            Elapsed=report.human_duration(elapsed_s) if ended and elapsed_s is not None else None,
             Exit_code=attempt.get("exit_code") if problem else None,
             Reason=attempt.get("reason") if ended else None,
             Log=os.path.relpath(attempt["log"], self.exp_dir) if problem and attempt["log"] else None)

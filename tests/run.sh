@@ -24,6 +24,10 @@ echo "== install autoexp into $venv"
 "$venv/bin/python" -m pip install -q "$repo[test]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$repo"
 
+echo "== lint: ruff and mypy (rules in pyproject.toml, versions in tests/constraints.txt)"
+"$venv/bin/python" -m pip install -q -c "$repo/tests/constraints.txt" ruff mypy types-PyYAML types-psutil
+(cd "$repo" && "$venv/bin/ruff" check --no-cache . && "$venv/bin/mypy")
+
 echo "== pytest as $test_user"
 work=$(mktemp -d /tmp/autoexp-tests.XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from autoexp import model, sidecar
-from autoexp.sidecar import policy, records
 from autoexp.scheduler import Scheduler
+from autoexp.sidecar import policy, records
 from autoexp.slurm import parse_sacct
 
 DATA = Path(__file__).parent / "data"

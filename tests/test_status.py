@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-
 import autoexp
 from autoexp import model, statefile
 from conftest import autoexp as run_cli, read_state, write_config
