@@ -5,16 +5,14 @@ from .experiment import (LaunchResult, cancel, experiments, find, launch, load_c
                          plan_experiment, resume, retry, status, write_report)
 from .run import NotInRunError, current_run
 
-__all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "SchedulerError", "cancel", "experiments",
-           "find", "launch", "load_config", "log_path", "logs", "metrics", "plan_experiment", "write_report", "resume", "retry", "status",
-           "current_run", "NotInRunError", "launch_function", "results", "RunFailed"]
+__all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "NotInRunError", "RunFailed", "SchedulerError",
+           "cancel", "current_run", "experiments", "find", "launch", "launch_function", "load_config", "log_path",
+           "logs", "metrics", "plan_experiment", "results", "resume", "retry", "status", "write_report"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     # Config is imported on first use: `autoexp status` must not pay for yaml (nor plan for jinja2).
-    # Code inside the package imports from `.status` and `.plan` by name: `from . import status`
-    # would find the API function `status` bound here.
     if name == "Config":
         from .config import Config
 

@@ -7,17 +7,19 @@ state.json is exactly what the scheduler accepted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from . import state as statefile
+from . import model
 from .errors import AutoexpError
+from .model import State
 from .scheduler import Scheduler, Submission
 
 
 def compress(tasks: Iterable[int]) -> str:
     """[0, 1, 2, 3, 5, 7, 8] -> "0-3,5,7-8" (an --array value)."""
-    parts, run = [], []
+    parts: list[str] = []
+    run: list[int] = []
     for task in sorted(set(tasks)):
         if run and task == run[-1] + 1:
             run.append(task)
@@ -30,11 +32,7 @@ def compress(tasks: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def log_path(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
-    return str(Path(exp_dir) / "runs" / run_name / f"slurm-{array_job}_{task}.out")
-
-
-def submit_runs(exp_dir: Path, st: dict, sched: Scheduler, names: list[str], reason: str) -> list[str]:
+def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str) -> list[str]:
     """Submit ``names`` as one array per planned array script; record them; return the job ids.
 
     Each run's attempt number is one more than its attempts so far. On a refused submission the
@@ -60,7 +58,7 @@ def submit_runs(exp_dir: Path, st: dict, sched: Scheduler, names: list[str], rea
                 common = max(set(attempts.values()), key=list(attempts.values()).count)
                 env["AUTOEXP_ATTEMPTS"] = " ".join(
                     [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
-            options = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
+            options: list[str] = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
                 array.get("after_previous") and previous else []
             job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
                                              options=options))
@@ -77,56 +75,48 @@ def submit_runs(exp_dir: Path, st: dict, sched: Scheduler, names: list[str], rea
     return submitted
 
 
-def _record_array(exp_dir, st, job_id, array, chosen, attempts, spec, reason) -> None:
-    when = statefile.now()
-    st["arrays"].append({"job_id": job_id, "tasks": spec.split("%")[0], "attempt": max(attempts.values()),
-                         "script": array["script"], "offset": array["offset"], "submitted": when,
-                         "reason": reason})
+def _record_array(exp_dir: Path, st: State, job_id: str, array: dict, chosen: list[tuple[int, str]],
+                  attempts: dict[int, int], spec: str, reason: str) -> None:
+    when = model.now()
+    st["arrays"].append(model.new_array(job_id, spec.split("%")[0], max(attempts.values()), array["script"],
+                                        array["offset"], when, reason))
     for index, name in chosen:
         task = index - array["offset"]
-        run = st["runs"][name]
-        attempt = {"attempt": attempts[index], "job_id": f"{job_id}_{task}", "state": "PENDING",
-                   "submitted": when, "started": None, "completed": None, "elapsed_s": None,
-                   "exit_code": None, "nodes": None, "log": log_path(exp_dir, name, job_id, task)}
-        run["attempts"].append(attempt)
-        run.update(state="PENDING", job_id=attempt["job_id"], submitted=when, started=None,
-                   completed=None, elapsed_s=None, exit_code=None, nodes=None)
+        model.add_attempt(st["runs"][name], model.new_attempt(
+            attempts[index], f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task)))
     kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
-    statefile.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,
-                  Runs=len(chosen) if len(chosen) > 5 else ", ".join(n for _, n in chosen),
-                  Attempt=max(attempts.values()), Reason=None if reason == "launch" else reason)
+    model.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,
+              Runs=len(chosen) if len(chosen) > 5 else ", ".join(n for _, n in chosen),
+              Attempt=max(attempts.values()), Reason=None if reason == "launch" else reason)
 
 
-def submit_sidecar(exp_dir: Path, st: dict, sched: Scheduler, options: tuple = (), reason: str = "launch",
+def submit_sidecar(exp_dir: Path, st: State, sched: Scheduler, options: tuple = (), reason: str = "launch",
                    log: bool = True) -> str:
     """Submit the sidecar job and record it as the experiment's sidecar (the lease passes to it).
 
     ``log=False`` leaves no SUBMIT_SIDECAR entry: chain mode submits one job per poll.
     """
     job_id = sched.submit(Submission(Path(exp_dir) / st["plan"]["sidecar"], options=options))
-    st["sidecar"] = {"job_id": job_id, "submitted": statefile.now(), "host": None, "heartbeat": None,
-                     "reason": reason}
+    st["sidecar"] = model.submitted_lease(job_id, reason)
     if log:
-        statefile.log(st, "SUBMIT_SIDECAR", f"job {job_id}", Reason=reason if reason != "launch" else None)
+        model.log(st, "SUBMIT_SIDECAR", f"job {job_id}", Reason=reason if reason != "launch" else None)
     return job_id
 
 
-def cancel_runs(st: dict, sched: Scheduler, names: list[str], reason: str,
+def cancel_runs(st: State, sched: Scheduler, names: list[str], reason: str,
                 job_ids: list[str] | None = None) -> list[str]:
     """Cancel the current attempt of ``names``; they are marked CANCELLED and never retried.
 
     ``job_ids`` replaces the runs' own task ids in the scancel: whole arrays are one call, where
     10,000 task ids would be 10,000.
     """
-    ids = job_ids if job_ids is not None else [st["runs"][n]["job_id"] for n in names if st["runs"][n].get("job_id")]
+    ids = job_ids if job_ids is not None else [st["runs"][n]["job_id"] or "" for n in names
+                                               if st["runs"][n].get("job_id")]
     sched.cancel(ids)
-    when = statefile.now()
+    when = model.now()
     for name in names:
         run = st["runs"][name]
         previous = run["state"]
-        run.update(state="CANCELLED", completed=run.get("completed") or when, cancelled=reason)
-        if run["attempts"]:
-            run["attempts"][-1].update(state="CANCELLED", completed=run["attempts"][-1].get("completed") or when,
-                                       cancelled=reason)  # the sidecar's retry rules skip such attempts
-        statefile.log(st, "CANCEL", name, when, Previous=previous, Reason=reason)
+        model.mark_cancelled(run, reason, when)
+        model.log(st, "CANCEL", name, when, Previous=previous, Reason=reason)
     return ids

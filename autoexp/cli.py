@@ -91,11 +91,11 @@ def cmd_plan(args) -> int:
 
 
 def cmd_launch(args) -> int:
-    from . import scheduler
+    from .backends import default_name
     from .experiment import launch
 
     config = _load(args)
-    if not args.scheduler and scheduler.default_name() == "local":
+    if not args.scheduler and default_name() == "local":
         print("autoexp: sbatch is not on PATH; running the tasks on this machine (local scheduler)",
               file=sys.stderr)
     result = launch(config, dry_run=args.dry_run, scheduler=args.scheduler)
@@ -115,7 +115,7 @@ def cmd_status(args) -> int:
     import time
 
     from .experiment import find, status
-    from .status import render, terminal_layout
+    from .statusview import render, terminal_layout
 
     gc.disable()  # each read builds one big acyclic document: collecting would only walk it (20 ms)
     exp_dir = find(args.exp, args.output_dir)
@@ -143,7 +143,7 @@ def json_text(data) -> str:
 
 def cmd_list(args) -> int:
     from .experiment import experiments, output_dir
-    from .status import list_text
+    from .statusview import list_text
 
     found = experiments(args.output_dir)
     sys.stdout.write(json_text(found) + "\n" if args.json else list_text(found, output_dir(args.output_dir)))
@@ -217,9 +217,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_sidecar(args) -> int:
+    import logging
+
     from .experiment import find
     from .sidecar import run
 
+    # The sidecar job's output file is its log: every poll's line, and what went wrong.
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s", force=True)
     return run(find(args.exp, args.output_dir), once=args.once)
 
 

@@ -12,13 +12,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import actions, scheduler as schedmod, state as statefile, status as view
+from . import actions, backends, model, statefile, statusview
 from .errors import AutoexpError, InputError
+from .jobstates import FAILED, TERMINAL
+from .model import Attempt, State
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:  # config (yaml) and plan (jinja2) are imported where used: `status` stays fast
-    from . import config as configmod, plan as planmod
+    from .config import Config
+    from .plan import Plan
 
 
 @dataclass
@@ -32,20 +36,20 @@ class LaunchResult:
     jobs: dict = field(default_factory=dict)  # run name -> submitit Job, for a function sweep
 
 
-def load_config(path: str | os.PathLike, overrides=(), site: str | None = None) -> configmod.Config:
+def load_config(path: str | os.PathLike, overrides=(), site: str | None = None) -> Config:
     """Read and validate a config file with ``KEY=VALUE`` overrides (raises InputError)."""
     from .config import load
 
-    return load(path, list(overrides), default_site=site)
+    return load(Path(path), list(overrides), default_site=site)
 
 
-def _scheduler_for(config: configmod.Config, scheduler: str | schedmod.Scheduler | None) -> schedmod.Scheduler:
-    if isinstance(scheduler, schedmod.Scheduler):  # a function sweep submits through submitit
+def _scheduler_for(config: Config, scheduler: str | Scheduler | None) -> Scheduler:
+    if isinstance(scheduler, Scheduler):  # a function sweep submits through submitit
         return scheduler
-    return schedmod.get(scheduler or schedmod.default_name(), config.exp_dir)
+    return backends.get(scheduler or backends.default_name(), config.exp_dir)
 
 
-def plan_experiment(config: configmod.Config, scheduler: str | None = None, write: bool = True) -> planmod.Plan:
+def plan_experiment(config: Config, scheduler: str | Scheduler | None = None, write: bool = True) -> Plan:
     """Render the experiment; with ``write`` create its directory. Submits nothing."""
     from .plan import build
 
@@ -56,7 +60,7 @@ def plan_experiment(config: configmod.Config, scheduler: str | None = None, writ
     return built
 
 
-def launch(config: configmod.Config, dry_run: bool = False, scheduler: str | None = None) -> LaunchResult:
+def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | None = None) -> LaunchResult:
     """Plan, then submit every array and the sidecar; all or nothing."""
     from .plan import build
 
@@ -98,11 +102,6 @@ def find(exp: str | os.PathLike | None = None, output: str | None = None) -> Pat
                      f"{base / candidate}/state.json)", "EXP")
 
 
-def scheduler_of(exp_dir: Path, st: dict | None = None) -> schedmod.Scheduler:
-    st = st or statefile.read(exp_dir)
-    return schedmod.get(st.get("scheduler", "slurm"), exp_dir)
-
-
 # --------------------------------------------------------------------------- a running experiment
 
 def status(exp: str | os.PathLike | None = None, output: str | None = None, refresh: bool = False,
@@ -115,24 +114,24 @@ def status(exp: str | os.PathLike | None = None, output: str | None = None, refr
     """
     exp_dir = find(exp, output)
     st = statefile.read_shared(exp_dir, history=history)
-    if refresh and view.health(st, exp_dir)["sidecar"] not in ("alive", "starting"):
+    if refresh and statusview.health(st, exp_dir)["sidecar"] not in ("alive", "starting"):
         from . import sidecar
 
         try:
-            sidecar.reconcile(exp_dir, scheduler_of(exp_dir, st))
+            sidecar.reconcile(exp_dir, backends.of_experiment(exp_dir, st))
         except PermissionError as err:
             raise AutoexpError(f"{exp_dir}: --refresh must write the state, and cannot: {err.strerror} "
                                "(whoever launched it can refresh it)") from None
         st = statefile.read_shared(exp_dir, history=history)
-    return view.document(exp_dir, st)
+    return statusview.document(exp_dir, st)
 
 
 def experiments(output: str | None = None) -> list[dict]:
     """The experiments under the output directory, newest first, with counts (``autoexp list``)."""
-    return view.experiments(output_dir(output))
+    return statusview.experiments(output_dir(output))
 
 
-def _select(exp_dir: Path, st: dict, names) -> list[str]:
+def _select(exp_dir: Path, st: State, names) -> list[str]:
     """Run names from the user's words (a name or an index); an unknown one is an InputError."""
     by_index = {str(run["index"]): name for name, run in st["runs"].items()}
     chosen = []
@@ -151,15 +150,15 @@ def _select(exp_dir: Path, st: dict, names) -> list[str]:
     return chosen
 
 
-def watcher(exp_dir: Path, st: dict, sched: schedmod.Scheduler) -> str:
+def watcher(exp_dir: Path, st: State, sched: Scheduler) -> str:
     """Who watches the experiment: "alive" or "starting" (see status), "queued" (its job has not
     started yet), or "none". The sidecar's own test decides, asking the scheduler, so a sidecar
     that was scancelled counts as gone at once, not three intervals later."""
     from .sidecar import alive
 
-    if not alive(st, sched):
+    if not alive(st, sched, statusview.polling_interval(st, exp_dir)):
         return "none"
-    health = view.health(st, exp_dir)["sidecar"]
+    health = statusview.health(st, exp_dir)["sidecar"]
     return health if health in ("alive", "starting") else "queued"
 
 
@@ -171,32 +170,32 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
     """
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
-        sched = scheduler_of(exp_dir, st)
+        sched = backends.of_experiment(exp_dir, st)
         if runs:
             names = _select(exp_dir, st, runs)
             for name in names:
-                if st["runs"][name]["state"] in schedmod.TERMINAL:
+                if st["runs"][name]["state"] in TERMINAL:
                     raise InputError(f"run {name!r} has already finished ({st['runs'][name]['state']}); "
                                      "nothing cancelled", str(exp_dir), "RUN")
             return {"exp_dir": exp_dir, "runs": names, "jobs": actions.cancel_runs(st, sched, names, "user"),
                     "sidecar": None}
-        names = sorted((n for n, r in st["runs"].items() if r["state"] not in schedmod.TERMINAL),
+        names = sorted((n for n, r in st["runs"].items() if r["state"] not in TERMINAL),
                        key=lambda n: st["runs"][n]["index"])
         if not names:
             raise InputError("every run has already finished; nothing cancelled", str(exp_dir), "EXP")
-        arrays = sorted({st["runs"][n]["job_id"].split("_")[0] for n in names if st["runs"][n]["job_id"]})
+        arrays = sorted({job.split("_")[0] for n in names if (job := st["runs"][n]["job_id"])})
         jobs = actions.cancel_runs(st, sched, names, "user", job_ids=arrays)
         sidecar = st["sidecar"].get("job_id")
         if sidecar:
             # The lease is ended in the same write: a poll the sidecar has in flight then finds it
             # lost and writes nothing, and its SIGTERM hands over to nobody.
             sched.cancel([sidecar])
-            st["sidecar"]["stopped"] = statefile.now()
-            statefile.log(st, "SIDECAR_STOP", f"job {sidecar}", Reason="the experiment was cancelled")
+            st["sidecar"]["stopped"] = model.now()
+            model.log(st, "SIDECAR_STOP", f"job {sidecar}", Reason="the experiment was cancelled")
         st["done"] = True
-        statefile.recount(st)
-        statefile.log(st, "ALL_COMPLETE", "Monitoring finished", Reason="cancelled by the user",
-                      Summary=f"{len(st['runs'])} runs - " + ", ".join(f"{n} {s}" for s, n in st["counts"].items()))
+        model.recount(st)
+        model.log(st, "ALL_COMPLETE", "Monitoring finished", Reason="cancelled by the user",
+                  Summary=model.counts_text(st))
         return {"exp_dir": exp_dir, "runs": names, "jobs": jobs, "sidecar": sidecar}
 
 
@@ -211,18 +210,18 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
         if failed:
-            names = sorted((n for n, r in st["runs"].items() if r["state"] in view.FAILED),
+            names = sorted((n for n, r in st["runs"].items() if r["state"] in FAILED),
                            key=lambda n: st["runs"][n]["index"])
         else:
             names = _select(exp_dir, st, runs)
             for name in names:
-                if st["runs"][name]["state"] not in schedmod.TERMINAL:
+                if st["runs"][name]["state"] not in TERMINAL:
                     raise InputError(f"run {name!r} is {st['runs'][name]['state']}: only a finished run "
                                      "can be retried (cancel it first)", str(exp_dir), "RUN")
-        result = {"exp_dir": exp_dir, "runs": names, "arrays": [], "sidecar": None}
+        result: dict[str, Any] = {"exp_dir": exp_dir, "runs": names, "arrays": [], "sidecar": None}
         if not names:
             return result
-        sched = scheduler_of(exp_dir, st)
+        sched = backends.of_experiment(exp_dir, st)
         watched = watcher(exp_dir, st, sched) != "none"
         result["arrays"] = actions.submit_runs(exp_dir, st, sched, names, "retry")
         for name in names:
@@ -237,7 +236,7 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
         return result
 
 
-def _replace_sidecar(exp_dir: Path, st: dict, sched: schedmod.Scheduler, reason: str) -> str:
+def _replace_sidecar(exp_dir: Path, st: State, sched: Scheduler, reason: str) -> str:
     """Submit a new sidecar; a stale old one that is somehow still running is cancelled first."""
     old = st["sidecar"].get("job_id")
     if old:
@@ -252,7 +251,7 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
         if not st.get("arrays"):
             raise InputError("this experiment was planned but never launched: run `autoexp launch` "
                              "with its config", str(exp_dir), "EXP")
-        sched = scheduler_of(exp_dir, st)
+        sched = backends.of_experiment(exp_dir, st)
         result = {"exp_dir": exp_dir, "sidecar": st["sidecar"].get("job_id"), "submitted": False,
                   "watcher": "finished" if st.get("done") else watcher(exp_dir, st, sched)}
         if result["watcher"] != "none":
@@ -262,7 +261,7 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
         return result
 
 
-def _attempt(exp_dir: Path, st: dict, name: str, number: int | None) -> dict:
+def _attempt(exp_dir: Path, st: State, name: str, number: int | None) -> Attempt:
     attempts = st["runs"][name]["attempts"]
     if not attempts:
         raise InputError(f"run {name!r} was never submitted, so it has no log", str(exp_dir), "RUN")
@@ -303,7 +302,7 @@ def logs(exp: str | os.PathLike, run: str, attempt: int | None = None, follow: b
     while follow:
         st = statefile.read_shared(exp_dir)
         ended = next(a for a in st["runs"][name]["attempts"] if a["attempt"] == number)["state"] \
-            in schedmod.TERMINAL
+            in TERMINAL
         if not ended:
             time.sleep(poll)
         offset = _copy_log(path, offset or 0, out)

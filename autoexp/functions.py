@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
+import pickle
 import shlex
 import shutil
 import signal
@@ -29,16 +31,19 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import experiment, state as statefile
-from .config import slurm_time_seconds
+from . import experiment, model, statefile
+from .durations import slurm_time_seconds
 from .errors import AutoexpError, InputError, SchedulerError
+from .jobstates import TERMINAL
 from .run import CurrentRun, current_run
-from .scheduler import TERMINAL, Submission
-from .slurm import SlurmScheduler, expand_range
+from .scheduler import Submission, expand_range
+from .slurm import SlurmScheduler
 
 FOLDER = ".submitit"  # submitit's folder in the experiment: the pickled calls and their results
 REQUEUE = {"before": 60, "max": 10}  # requeue defaults; 10 is also the array template's max
 SHORT = 200  # characters of a result or an error kept in state.json
+
+log = logging.getLogger(__name__)
 
 
 class RunFailed(AutoexpError):
@@ -72,17 +77,17 @@ def launch_function(fn: Callable[..., Any], config, overrides=(), *, site: str |
 def function_config(config, overrides=(), site: str | None = None):
     """The config of a function sweep: this module's task side as the command, and the signal before
     the time limit passed on to submitit, which checkpoints and requeues (``requeue.by: command``)."""
-    from submitit.core.job_environment import JobEnvironment
+    from submitit import JobEnvironment
 
-    from . import config as configmod
+    from .config import Config, load
 
-    if isinstance(config, configmod.Config):
+    if isinstance(config, Config):
         if overrides:
             raise InputError("overrides are applied when a config file is loaded; give the file, "
                              "not a loaded Config", config.source)
-        loaded = configmod.Config(copy.deepcopy(config.data), config.source, config.origins, config.site)
+        loaded = Config(copy.deepcopy(config.data), config.source, config.origins, config.site)
     else:  # the file needs no `command`: a placeholder satisfies the schema until it is replaced
-        loaded = configmod.load(config, [*overrides, "command=autoexp.functions"], default_site=site)
+        loaded = load(config, [*overrides, "command=autoexp.functions"], default_site=site)
     data = loaded.data
     python = data.get("python") or sys.executable
     data["command"] = f"{shlex.quote(python)} -u -m autoexp.functions"
@@ -111,9 +116,6 @@ class Submitter(SlurmScheduler):
     def submit(self, sub: Submission) -> str:
         if sub.array is None:  # the sidecar
             return super().submit(sub)
-        from submitit.core.utils import FailedSubmissionError, JobPaths, UncompletedJobError
-        from submitit.slurm.slurm import SlurmJob
-
         runs = json.loads((self.exp_dir / "runs.json").read_text())
         if sub.env or sub.options or expand_range(sub.array) != list(range(len(runs))):
             raise AutoexpError(f"{self.exp_dir}: a function sweep is launched whole, as one array "
@@ -122,15 +124,16 @@ class Submitter(SlurmScheduler):
         try:
             with executor.batch():
                 jobs = [executor.submit(self.fn, **run["params"]) for run in runs]
-        except (FailedSubmissionError, UncompletedJobError) as err:
+        except submission_errors() as err:
             raise SchedulerError(f"sbatch refused {sub.script.name} (through submitit): "
                                  f"{str(err).strip().splitlines()[-1]}") from None
         array_job = jobs[0].job_id.split("_")[0]
         for run, job in zip(runs, jobs):
             task_id = f"{array_job}_{run['index']}"
             if job.job_id != task_id:  # a single call is submitted as a plain job; the task is <id>_0
-                os.replace(job.paths.submitted_pickle, JobPaths(executor.folder, task_id).submitted_pickle)
-                job = SlurmJob(folder=executor.folder, job_id=task_id)
+                task = slurm_job(executor.folder, task_id)
+                os.replace(job.paths.submitted_pickle, task.paths.submitted_pickle)
+                job = task
             self.jobs[run["name"]] = job
         return array_job
 
@@ -140,7 +143,7 @@ class Submitter(SlurmScheduler):
         import submitit
 
         from .config import Config
-        from .local import read_directives
+        from .slurm import read_directives
 
         config = Config.from_experiment(self.exp_dir)
         directives = read_directives(script)
@@ -150,9 +153,41 @@ class Submitter(SlurmScheduler):
         # defaults key by key (its keys are Python names: job_name, not job-name).
         additional = {key.replace("-", "_"): value if value != "" else True
                       for key, value in directives.items() if key != "open-mode"}
-        executor.update_parameters(time=math.ceil(slurm_time_seconds(directives["time"]) / 60), use_srun=False,
+        executor.update_parameters(time=math.ceil((slurm_time_seconds(directives["time"]) or 0) / 60), use_srun=False,
                                    stderr_to_stdout=True, wckey=None, additional_parameters=additional)
         return executor
+
+
+# --------------------------------------------------------------------------- submitit's files and internals
+
+def slurm_job(folder: Path, job_id: str) -> Any:
+    """submitit's handle of one task (its ``paths`` name the pickles), without asking Slurm anything."""
+    from submitit import SlurmJob
+
+    return SlurmJob(folder=folder, job_id=job_id)
+
+
+def load_pickle(file: Path) -> Any:
+    """A pickle submitit wrote (cloudpickle writes plain pickles; reading needs nothing more)."""
+    with open(file, "rb") as fh:
+        return pickle.load(fh)
+
+
+# The only names autoexp takes from outside submitit's public API (submitit.SlurmExecutor, SlurmJob,
+# JobEnvironment, submitit.helpers): the errors a refused submission raises and the job code a task
+# runs (what submitit's own job script calls). Kept here, so that a submitit upgrade is checked in one place.
+
+def submission_errors() -> tuple[type[Exception], ...]:
+    from submitit.core.utils import FailedSubmissionError, UncompletedJobError
+
+    return FailedSubmissionError, UncompletedJobError
+
+
+def run_pickled_call(folder: Path) -> None:
+    """Load this task's pickled call, run it, and pickle its result or its traceback."""
+    from submitit.core.submission import process_job
+
+    process_job(folder)
 
 
 # --------------------------------------------------------------------------- reading outcomes
@@ -160,17 +195,15 @@ class Submitter(SlurmScheduler):
 def results(exp=None, output: str | None = None) -> dict[str, Any]:
     """``{run name: return value}`` of a function sweep; a :class:`RunFailed` for a run that raised
     or ended without a result. Runs still going are left out."""
-    from submitit.core.utils import JobPaths, pickle_load
-
     exp_dir = experiment.find(exp, output)
     st = statefile.read_shared(exp_dir)
     found: dict[str, Any] = {}
     for name, run in sorted(st["runs"].items(), key=lambda item: item[1]["index"]):
         if not run["attempts"]:
             continue
-        pickle = JobPaths(exp_dir / FOLDER, job_id=run["attempts"][-1]["job_id"]).result_pickle
-        if pickle.exists():
-            outcome, value = pickle_load(pickle)
+        file = slurm_job(exp_dir / FOLDER, run["attempts"][-1]["job_id"]).paths.result_pickle
+        if file.exists():
+            outcome, value = load_pickle(file)
             found[name] = value if outcome == "success" else RunFailed(name, _last_line(value), value)
         elif run["state"] in TERMINAL:
             log = run["attempts"][-1].get("log")
@@ -192,23 +225,25 @@ def _short(value: Any) -> str:
 
 def main() -> int:
     """Run this task's pickled call with submitit's job code; record its outcome in state.json."""
+    handler = logging.StreamHandler(sys.stdout)  # the run's log; submitit's own logging is left alone
+    handler.setFormatter(logging.Formatter("autoexp: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     run = current_run()
     os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # submitit's job script exports it; a retry has none
-    from submitit.core import submission, utils
-
     folder = run.exp_dir / FOLDER
-    paths = utils.JobPaths(folder, job_id=run.job_id)
+    paths = slurm_job(folder, run.job_id or "").paths
     if not paths.submitted_pickle.exists():
         adopt(run, paths.submitted_pickle)
     try:
-        submission.process_job(folder)
+        run_pickled_call(folder)
     except Exception as err:  # the call raised (submitit has pickled the traceback); not a requeue's exit
         finished()
         traceback.print_exc()
         record(run, error=f"{type(err).__name__}: {err}"[:SHORT])
         return 1
     finished()
-    outcome, value = utils.pickle_load(paths.result_pickle)
+    _, value = load_pickle(paths.result_pickle)
     record(run, result=_short(value))
     return 0
 
@@ -216,7 +251,7 @@ def main() -> int:
 def finished() -> None:
     """The call is over: a time-limit signal from now on must not make submitit checkpoint and
     requeue a finished run."""
-    from submitit.core.job_environment import JobEnvironment
+    from submitit import JobEnvironment
 
     signal.signal(getattr(signal, f"SIG{JobEnvironment.USR_SIG}"), signal.SIG_IGN)
 
@@ -224,38 +259,43 @@ def finished() -> None:
 def adopt(run: CurrentRun, target: Path) -> None:
     """A retry is a new array job: give it the newest pickle of the run's earlier attempts (the call
     as launched, or its latest checkpoint) with a fresh requeue budget."""
-    from submitit.core.utils import DelayedSubmission, JobPaths, temporary_save_path
+    from submitit.helpers import DelayedSubmission
 
     from .config import Config
 
     attempts = statefile.read(run.exp_dir)["runs"][run.name]["attempts"]
     for job_id in dict.fromkeys(a["job_id"] for a in reversed(attempts) if a["job_id"] != run.job_id):
-        source = JobPaths(target.parent, job_id=job_id).submitted_pickle
+        source = slurm_job(target.parent, job_id).paths.submitted_pickle
         if source.exists():
             config = Config.from_experiment(run.exp_dir)
             delayed = DelayedSubmission.load(source)
-            delayed.set_timeout(math.ceil(slurm_time_seconds(config["slurm"]["time"]) / 60), config["requeue"]["max"])
-            with temporary_save_path(target) as tmp:
-                delayed.dump(tmp)
-            print(f"autoexp: attempt {run.attempt} starts from the call pickled by job {job_id}", flush=True)
+            minutes = math.ceil((slurm_time_seconds(config["slurm"]["time"]) or 0) / 60)
+            delayed.set_timeout(minutes, config["requeue"]["max"])
+            partial = target.with_name(f".{target.name}.partial")  # the task never sees half a pickle
+            delayed.dump(partial)
+            os.replace(partial, target)
+            log.info("attempt %s starts from the call pickled by job %s", run.attempt, job_id)
             return
 
 
 def record(run: CurrentRun, result: str | None = None, error: str | None = None) -> None:
     """The outcome in state.json: the run's ``result`` or ``error``, and an event (``returned`` or
     ``raised``), the latest one that ``autoexp status`` and the summary show; RESULT in events.log."""
-    print(f"autoexp: {'result' if error is None else 'error'}: {result if error is None else error}", flush=True)
+    log.info("%s: %s", "result" if error is None else "error", result if error is None else error)
     try:
         with statefile.locked(run.exp_dir) as st:
             entry = st["runs"][run.name]
-            entry.pop("error" if error is None else "result", None)
-            entry.update({"result": result} if error is None else {"error": error})
-            entry["events"].append({"name": "returned", "time": statefile.now(), "groups": {"value": result}}
-                                   if error is None else
-                                   {"name": "raised", "time": statefile.now(), "groups": {"error": error}})
-            statefile.log(st, "RESULT", run.name, Attempt=run.attempt, Value=result, Error=error)
+            if error is None:
+                entry.pop("error", None)
+                entry["result"] = result
+                entry["events"].append(model.new_event("returned", model.now(), {"value": result}))
+            else:
+                entry.pop("result", None)
+                entry["error"] = error
+                entry["events"].append(model.new_event("raised", model.now(), {"error": error}))
+            model.log(st, "RESULT", run.name, Attempt=run.attempt, Value=result, Error=error)
     except AutoexpError as err:
-        print(f"autoexp: could not record the outcome in state.json: {err}", file=sys.stderr, flush=True)
+        log.error("could not record the outcome in state.json: %s", err)
 
 
 if __name__ == "__main__":

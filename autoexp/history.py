@@ -24,7 +24,8 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 CAP = 1000  # a series keeps between CAP and 2 * CAP points once it has had that many
 DIR = "metrics"
@@ -33,7 +34,7 @@ DIR = "metrics"
 class Series:
     """One metric of one attempt: the match count ``n`` and the decimated points (see above)."""
 
-    __slots__ = ("n", "stride", "first", "buckets", "open", "filled")
+    __slots__ = ("buckets", "filled", "first", "n", "open", "stride")
 
     def __init__(self, n: int = 0, stride: int = 1, first: list | None = None, buckets: list | None = None,
                  open: list | None = None, filled: int = 0):

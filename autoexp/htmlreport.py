@@ -94,8 +94,8 @@ def curves_figure(go, doc: dict, metric: str, histories: dict[str, dict], shown:
                 x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
                 legendgroup=name, showlegend=latest,
                 line={"dash": "dash" if bad else ("solid" if latest else "dot"), "width": 1.5},
-                hovertemplate=f"{html.escape(name)} attempt {attempt}<br>step %{{x}}<br>{html.escape(metric)} %{{y}}"
-                              "<extra></extra>"))
+                hovertemplate=f"{html.escape(name)} attempt {attempt}<br>step %{{x}}"
+                              f"<br>{html.escape(metric)} %{{y}}<extra></extra>"))
     fig.update_layout(title=f"{metric} per run", xaxis_title="step", yaxis_title=metric, height=420,
                       margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"font": {"size": 10}})
     return fig
@@ -107,7 +107,7 @@ def parameter_figure(go, doc: dict, metric: str, param: str):
         x=[_axis_value(doc["runs"][n]["params"].get(param)) for n in names],
         y=[final_value(doc["runs"][n], metric) for n in names], mode="markers", text=names,
         marker={"size": 10, "color": [colour(doc["runs"][n]["state"]) for n in names]},
-        hovertemplate="%{text}<br>" + html.escape(param) + " %{x}<br>" + html.escape(metric) + " %{y}<extra></extra>"))
+        hovertemplate=f"%{{text}}<br>{html.escape(param)} %{{x}}<br>{html.escape(metric)} %{{y}}<extra></extra>"))
     fig.update_layout(title=f"final {metric} against {param}", xaxis_title=param, yaxis_title=metric,
                       height=360, margin={"l": 60, "r": 20, "t": 50, "b": 50})
     if _is_log_axis(doc, param):
@@ -133,8 +133,9 @@ def timeline_figure(go, doc: dict, order: list[str], now: dt.datetime):
             submitted, started = _time(attempt.get("submitted")), _time(attempt.get("started"))
             ended = _time(attempt.get("completed")) or (now if attempt["state"] in ("RUNNING", "PENDING") else None)
             label = f"{name}{_stage(attempt)}"
-            if submitted and (started or ended):
-                _bar(bars, "waiting", label, submitted, started or ended, attempt)
+            waited_until = started or ended
+            if submitted and waited_until:
+                _bar(bars, "waiting", label, submitted, waited_until, attempt)
             if started and ended:
                 _bar(bars, attempt["state"], label, started, ended, attempt)
     fig = go.Figure()
@@ -176,7 +177,8 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#212121}
 h1{margin-bottom:4px} .muted{color:#757575} .chip{display:inline-block;padding:2px 8px;border-radius:10px;
 color:#fff;margin-right:6px;font-size:90%} table{border-collapse:collapse;margin:8px 0 24px}
 td,th{border-bottom:1px solid #e0e0e0;padding:4px 10px;text-align:left;font-size:90%}
-th{background:#fafafa} .bad{color:#c62828} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:8px}
+th{background:#fafafa} .bad{color:#c62828}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:8px}
 section{margin-bottom:28px}
 """
 
@@ -185,8 +187,7 @@ def build(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min"
           now: dt.datetime | None = None) -> str:
     """The report page for the status document ``doc`` (what ``autoexp status --json`` prints)."""
     now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    histories = {name: {m: {int(a): pts for a, pts in att.items()} for m, att in history.series(exp_dir, name).items()}
-                 for name in doc["runs"]}
+    histories = {name: history.series(exp_dir, name) for name in doc["runs"]}
     metrics = metric_names(doc, histories)
     chosen = metric if metric is not None else (metrics[0] if metrics else None)
     order = ranked(doc, chosen, goal)
@@ -201,7 +202,8 @@ def build(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min"
         figures = [(f"curves-{m}", curves_figure(go, doc, m, histories, shown)) for m in metrics]
         if chosen:
             figures += [(f"param-{p}", parameter_figure(go, doc, chosen, p)) for p in swept(doc)]
-        figures.append(("timeline", timeline_figure(go, doc, sorted(doc["runs"], key=lambda n: doc["runs"][n]["index"]), now)))
+        by_index = sorted(doc["runs"], key=lambda n: doc["runs"][n]["index"])
+        figures.append(("timeline", timeline_figure(go, doc, by_index, now)))
     first = True
     for section, title in (("curves-", "Metrics"), ("param-", "Final value against each swept parameter"),
                            ("timeline", "Timeline")):
@@ -231,12 +233,14 @@ def _header(doc: dict, metric: str | None, goal: str) -> str:
         health += f" &mdash; fix: <code>{html.escape(h['fix'])}</code>"
     if h.get("last_error"):
         health += f"<br><span class=bad>{html.escape(h['last_error'])}</span> ({html.escape(h['log'] or '')})"
-    ranked_by = f"runs ranked by final <b>{html.escape(metric)}</b> ({'lowest' if goal == 'min' else 'highest'} first)" \
-        if metric else "no metric recorded yet"
+    best = "lowest" if goal == "min" else "highest"
+    ranked_by = (f"runs ranked by final <b>{html.escape(metric)}</b> ({best} first)" if metric
+                 else "no metric recorded yet")
     prog = doc["progress"]
     return (f"<h1>{html.escape(doc['experiment'])}</h1><div class=muted>{html.escape(doc.get('exp_dir', ''))} &middot; "
             f"updated {html.escape(doc.get('updated') or '-')} UTC &middot; {ranked_by}</div>"
-            f"<section id=counts><p>{prog['finished']}/{prog['runs']} finished &nbsp; {counts}</p><p>{health}</p></section>")
+            f"<section id=counts><p>{prog['finished']}/{prog['runs']} finished &nbsp; {counts}</p>"
+            f"<p>{health}</p></section>")
 
 
 def _ranking(doc: dict, order: list[str], metrics: list[str], chosen: str | None, goal: str, exp_dir: Path) -> str:
@@ -264,8 +268,8 @@ def _attempts(doc: dict) -> str:
                 name + _stage(a), a["attempt"], a["job_id"], a["state"], a.get("submitted") or "-",
                 a.get("started") or "-", a.get("completed") or "-", a.get("nodes") or "-")) + "</tr>")
     head = ["run", "attempt", "job", "state", "submitted", "started", "ended", "nodes"]
-    return ("<section id=attempts><h2>Attempts</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-            + "".join(rows) + "</table></section>")
+    return ("<section id=attempts><h2>Attempts</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr>" + "".join(rows) + "</table></section>")
 
 
 def _log_link(run: dict, exp_dir: Path) -> str:
@@ -288,7 +292,9 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def write(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min") -> Path:

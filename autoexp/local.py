@@ -15,17 +15,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import filelock
 import psutil
 
-from .config import slurm_time_seconds
+from .durations import slurm_time_seconds
 from .errors import SchedulerError
-from .scheduler import JobRecord, Scheduler, Submission
-from .slurm import expand_range, read_directives
-from .state import atomic_write, now, parse_time
+from .model import now, parse_time
+from .scheduler import JobRecord, Scheduler, Submission, expand_range
+from .slurm import read_directives
+from .statefile import atomic_write
 
 POLL = 0.2
 
@@ -103,7 +104,7 @@ class LocalScheduler(Scheduler):
             with job_lock(file):
                 job = read_job(file)
                 for name, info in job["tasks"].items():
-                    if task and name != task or info["state"] not in ("PENDING", "RUNNING"):
+                    if (task and name != task) or info["state"] not in ("PENDING", "RUNNING"):
                         continue
                     if info.get("pid"):
                         _kill_group(info["pid"])

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from . import render, site, state as statefile, sweep
+from . import model, render, site, statefile, sweep
 from .config import Config
 from .errors import InputError
 
@@ -105,7 +106,7 @@ class Plan:
             for task in range(array.count):
                 (index_dir / str(task)).symlink_to(Path("..", "..", "runs", self.runs[array.offset + task].name))
         (root / "logs").mkdir()
-        st = statefile.new(self.config.name, self.runs, self.exp_dir, self.scheduler)
+        st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler)
         st["plan"] = {"arrays": [a.to_json() for a in self.arrays], "sidecar": "sidecar.sbatch",
                       "max_parallel": self.config.get("max_parallel")}
         statefile.write(root, st)
@@ -164,6 +165,7 @@ def _template(env: jinja2.Environment, config: Config, key: str, default: str) -
     path is taken from the directory of the file that set it, the config or a site)."""
     user = config.get(key)
     if not user:
+        assert env.loader is not None  # environment() sets the stock templates' loader
         source = env.loader.get_source(env, default)[0]
         return _checked(env, source, ("", f"templates/{default}"))
     origin = Path(config.where(key)[0])
@@ -200,14 +202,14 @@ def _checked(env: jinja2.Environment, source: str, where: tuple) -> tuple[jinja2
     return template, where, jinja2.meta.find_undeclared_variables(tree) - set(env.globals)
 
 
-def _render(template: jinja2.Template, context: dict, where: tuple, names: set = frozenset()) -> str:
+def _render(template: jinja2.Template, context: dict, where: tuple, names: Collection[str] = frozenset()) -> str:
     unknown = sorted(set(names) - set(context))
     if unknown:
-        raise InputError(render._undefined_message(f"'{unknown[0]}' is undefined", context), *where)
+        raise InputError(render.undefined_message(f"'{unknown[0]}' is undefined", context), *where)
     try:
         return template.render(context)
     except jinja2.UndefinedError as err:
-        raise InputError(render._undefined_message(str(err.message), context), *where) from None
+        raise InputError(render.undefined_message(str(err.message), context), *where) from None
     except jinja2.TemplateError as err:
         raise InputError(f"template error: {err}", *where) from None
 

@@ -17,6 +17,7 @@ import difflib
 import re
 import shlex
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -34,6 +35,7 @@ class ShellVar:
         return f"${{{self.name}}}"
 
 
+JINJA = Path(jinja2.__file__).resolve().parent
 # In ``word`` mode an inserted value is fenced by these two characters until the whole word is
 # assembled: the text between fences is escaped as data, the text outside as the user's shell text.
 _OPEN, _CLOSE = "\x01", "\x02"
@@ -43,13 +45,13 @@ _FENCED = re.compile(f"{_OPEN}(.*?){_CLOSE}", re.DOTALL)
 def _finalize_line(value: Any) -> str:
     if isinstance(value, ShellVar):
         return f'"{value}"'
-    return shlex.quote(_text(value))
+    return shlex.quote(as_text(value))
 
 
 def _finalize_word(value: Any) -> str:
     if isinstance(value, ShellVar):
         return str(value)  # outside the fences: the task's shell expands it
-    text = _text(value).replace(_OPEN, "").replace(_CLOSE, "")
+    text = as_text(value).replace(_OPEN, "").replace(_CLOSE, "")
     return f"{_OPEN}{text}{_CLOSE}"
 
 
@@ -65,10 +67,10 @@ def double_quoted(rendered: str) -> str:
 def _finalize_plain(value: Any) -> str:
     if isinstance(value, ShellVar):
         raise jinja2.UndefinedError(f"'{value.name}' is only known when the task runs")
-    return _text(value)
+    return as_text(value)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
@@ -93,15 +95,31 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
     try:
         out = _compile(mode, source).render(context)
     except jinja2.UndefinedError as err:
-        raise InputError(_undefined_message(str(err.message), context), *where) from None
+        raise InputError(undefined_message(str(err.message), context), *where) from None
     except jinja2.TemplateSyntaxError as err:
         raise InputError(f"template syntax error: {err.message}", *where) from None
-    except Exception as err:  # a filter or expression failing on a value
+    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as err:
+        if not raised_in_template(err):
+            raise  # a bug in autoexp (its context, its finalize), not bad input: shown with its traceback
         raise InputError(f"template error: {err}", *where) from None
     return double_quoted(out) if mode == "word" else out
 
 
-def _undefined_message(message: str, context: dict) -> str:
+def raised_in_template(err: BaseException) -> bool:
+    """Whether ``err`` came from the template itself: its expression (``<template>``) or a Jinja
+    filter or test it called on a value. Anything else that failed is autoexp's code."""
+    if isinstance(err, jinja2.TemplateError):
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = tb.tb_frame.f_code.co_filename
+    return where == "<template>" or Path(where).resolve().is_relative_to(JINJA)
+
+
+def undefined_message(message: str, context: dict) -> str:
     match = re.search(r"'([^']+)' is undefined", message)
     if not match:
         return message

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-PROBLEM_STATES = ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-                  "PREEMPTED", "CANCELLED")
+from .jobstates import PROBLEM
+from .model import Entry, Run, State, counts_text
 
 
 def human_time(iso: str | None) -> str:
@@ -31,13 +32,13 @@ def human_duration(seconds: float | None) -> str:
     return " ".join(f"{value}{unit}" for value, unit in parts[:3])
 
 
-def format_value(value) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-def latest_event(run: dict) -> str:
+def latest_event(run: Run) -> str:
     if not run.get("events"):
         return ""
     event = run["events"][-1]
@@ -45,12 +46,12 @@ def latest_event(run: dict) -> str:
     return f"{event['name']}" + (f" ({groups})" if groups else "")
 
 
-def run_log(run: dict) -> str | None:
+def run_log(run: Run) -> str | None:
     attempts = run.get("attempts") or []
     return attempts[-1].get("log") if attempts else None
 
 
-def notes(run: dict, exp_dir: str = "") -> str:
+def notes(run: Run, exp_dir: str = "") -> str:
     """The Notes column: elapsed, allocations, last metrics, latest event, and for a failure its log."""
     parts = []
     if run.get("elapsed_s") is not None:
@@ -64,7 +65,7 @@ def notes(run: dict, exp_dir: str = "") -> str:
     event = latest_event(run)
     if event:
         parts.append(event)
-    if run["state"] in PROBLEM_STATES:
+    if run["state"] in PROBLEM:
         log = run_log(run)
         if log:
             parts.append(f"log: {os.path.relpath(log, exp_dir) if exp_dir else log}")
@@ -73,20 +74,14 @@ def notes(run: dict, exp_dir: str = "") -> str:
     return "; ".join(parts) or "-"
 
 
-def _cell(text) -> str:
+def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def counts_line(state: dict) -> str:
-    total = len(state["runs"])
-    counts = ", ".join(f"{n} {s}" for s, n in state["counts"].items())
-    return f"{total} runs: {counts}"
-
-
-def summary(state: dict) -> str:
+def summary(state: State) -> str:
     exp_dir = state.get("exp_dir", "")
     lines = [f"# Experiment: {state['experiment']}", "",
-             f"Updated {human_time(state['updated'])} UTC. {counts_line(state)}."]
+             f"Updated {human_time(state['updated'])} UTC. {counts_text(state, sep=': ')}."]
     sidecar = state.get("sidecar") or {}
     if sidecar.get("job_id"):
         lines.append(f"Sidecar job {sidecar['job_id']}, last heartbeat "
@@ -115,13 +110,13 @@ def summary(state: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def event_block(entry: dict) -> str:
+def event_block(entry: Entry) -> str:
     head = f"[{human_time(entry['time'])}] {entry['kind']}: {entry['subject']}"
     details = entry.get("details") or {}
     return "\n".join([head] + [f"{k[:1].upper()}{k[1:]}: {v}" for k, v in details.items()]) + "\n\n"
 
 
-def events_update(file: Path, state: dict) -> tuple[str, bool]:
+def events_update(file: Path, state: State) -> tuple[str, bool]:
     """The text events.log lacks, and whether the file must be rebuilt whole.
 
     Updates the state's record of what the file holds; write the state before applying it, so a
@@ -139,15 +134,3 @@ def events_update(file: Path, state: dict) -> tuple[str, bool]:
     mark["entries"] = len(history)
     mark["bytes"] = (0 if rebuild else size) + len(text.encode())
     return text, rebuild
-
-
-def events_apply(file: Path, text: str, rebuild: bool) -> None:
-    from .state import atomic_write
-
-    if rebuild:
-        atomic_write(file, text)
-    elif text:
-        with open(file, "a") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())

@@ -1,6 +1,7 @@
 """The one small interface autoexp needs from a scheduler, with Slurm and local implementations.
 
 Everything above this module (plan, launch, the sidecar, status) talks to a :class:`Scheduler`
+(made by :mod:`autoexp.backends`)
 and never to ``sbatch`` or a process directly, so the same sidecar drives a real cluster or a
 laptop. Records use Slurm's words for states and Slurm's ``<array>_<task>`` job ids.
 """
@@ -9,13 +10,11 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
-# States after which a job will not change again (REQUEUED and PREEMPTED may come back).
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                      "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"})
+from .jobstates import TERMINAL
 
 
 @dataclass
@@ -90,24 +89,14 @@ class Scheduler(abc.ABC):
 
     def mute_mail(self, job_id: str) -> None:
         """Stop the job's end-of-job mail (a sidecar handing over is not the experiment's end)."""
+        return None
 
 
-def get(name: str, exp_dir: Path) -> Scheduler:
-    if name == "slurm":
-        from .slurm import SlurmScheduler
-        return SlurmScheduler(exp_dir)
-    if name == "local":
-        from .local import LocalScheduler
-        return LocalScheduler(exp_dir)
-    raise ValueError(f"unknown scheduler {name!r}")
-
-
-def default_name() -> str:
-    """Slurm when ``sbatch`` is on PATH, else the local backend (``AUTOEXP_SCHEDULER`` overrides)."""
-    import os
-    import shutil
-
-    forced = os.environ.get("AUTOEXP_SCHEDULER")
-    if forced:
-        return forced
-    return "slurm" if shutil.which("sbatch") else "local"
+def expand_range(spec: str) -> list[int]:
+    """An --array value, ``4-9%2`` or ``1,3,5-7``, as task ids (the ``%N`` throttle is dropped)."""
+    spec = spec.split("%")[0]
+    tasks: list[int] = []
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        tasks.extend(range(int(lo), int(hi or lo) + 1))
+    return tasks

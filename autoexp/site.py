@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError
+from .schema import SITE, Invalid
+from .yamlfile import merge, read_yaml, record
 
 if TYPE_CHECKING:
     from .config import Config
@@ -79,16 +81,14 @@ def _find(name: str, base_dir: Path, where: tuple[str, str]) -> Path:
 def load(name: str, base_dir: Path = Path("."), where: tuple[str, str] = ("", "site"),
          _seen: tuple[str, ...] = ()) -> Site:
     """The site ``name`` (a name or a path) with everything it extends merged under it."""
-    from . import config  # config validates sites with its own schema
-
     path = _find(name, base_dir, where)
     resolved = str(path.resolve())
     if resolved in _seen:
         raise InputError(f"site {name!r} extends itself in a cycle", str(path), "extends")
-    raw = config.read_yaml(path, "site config")
+    raw = read_yaml(path, "site config")
     try:
-        values = config.SITE(raw, "")
-    except config._Invalid as err:
+        values = SITE(raw, "")
+    except Invalid as err:
         raise InputError(err.message, str(path), err.path) from None
     parent_name = values.get("extends")
     own = {k: v for k, v in values.items() if k not in META_KEYS}
@@ -96,9 +96,9 @@ def load(name: str, base_dir: Path = Path("."), where: tuple[str, str] = ("", "s
     if parent_name:
         parent = load(parent_name, path.parent, (str(path), "extends"), (*_seen, resolved))
         origins = dict(parent.origins)
-        own = config.merge(parent.values, own, origins, str(path))
+        own = merge(parent.values, own, origins, str(path))
     else:
-        config._record(own, origins, str(path))
+        record(own, origins, str(path))
     return Site(str(path.resolve()) if _is_path(name) else name, own, str(path), origins)
 
 
@@ -108,8 +108,6 @@ def detect(hostname: str | None = None) -> str:
     Sites are tried in search order (your own directories before the stock ones, a name found
     twice only where it is first found), alphabetically within a directory.
     """
-    from . import config
-
     hosts = {hostname} if hostname else {socket.gethostname(), socket.getfqdn()}
     hosts |= {h.split(".")[0] for h in hosts}
     seen: set[str] = set()
@@ -119,7 +117,7 @@ def detect(hostname: str | None = None) -> str:
                 continue
             seen.add(path.stem)
             try:
-                patterns = config.read_yaml(path, "site config").get("hostnames") or []
+                patterns = read_yaml(path, "site config").get("hostnames") or []
             except InputError:
                 continue
             if isinstance(patterns, str):
@@ -129,7 +127,7 @@ def detect(hostname: str | None = None) -> str:
     return FALLBACK
 
 
-def check(config: "Config", n_runs: int) -> None:
+def check(config: Config, n_runs: int) -> None:
     """Refuse at plan time what the site's machine would refuse or fail on later: more runs than
     ``max_runs``, a network image where compute nodes are ``offline``, an image of another
     ``arch`` (what can be read on this side: a SIF file's header)."""

@@ -12,12 +12,13 @@ import os
 import re
 import shlex
 import subprocess
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from .errors import SchedulerError
-from .scheduler import JobRecord, Scheduler, Submission
+from .scheduler import JobRecord, Scheduler, Submission, expand_range
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
                 "NodeList")
@@ -159,16 +160,6 @@ def _time(text: str) -> str | None:
     return text + "Z" if _UTC_TIME.match(text) else text
 
 
-def expand_range(spec: str) -> list[int]:
-    """``4-9%2`` or ``1,3,5-7`` -> task ids (the ``%N`` throttle is dropped)."""
-    spec = spec.split("%")[0]
-    tasks: list[int] = []
-    for part in filter(None, spec.split(",")):
-        lo, _, hi = part.partition("-")
-        tasks.extend(range(int(lo), int(hi or lo) + 1))
-    return tasks
-
-
 def parse_sacct(text: str) -> list[JobRecord]:
     """Records from ``sacct --parsable2`` output with :data:`SACCT_FIELDS`; steps are dropped."""
     records = []
@@ -180,11 +171,11 @@ def parse_sacct(text: str) -> list[JobRecord]:
         if "." in job_id:  # a step (123.batch, 123_4.0): the allocation row already says it all
             continue
         state, _, reason = state.partition(" ")
-        common = dict(state=state, reason=reason, submitted=_time(submit), started=_time(start),
-                      completed=_time(end) if state not in ("PENDING", "RUNNING") else None,
-                      elapsed_s=int(elapsed) if elapsed.isdigit() else None,
-                      exit_code=exit_code or None,
-                      nodes=nodes if nodes and nodes != "None assigned" else None)
+        common: dict[str, Any] = {
+            "state": state, "reason": reason, "submitted": _time(submit), "started": _time(start),
+            "completed": _time(end) if state not in ("PENDING", "RUNNING") else None,
+            "elapsed_s": int(elapsed) if elapsed.isdigit() else None, "exit_code": exit_code or None,
+            "nodes": nodes if nodes and nodes != "None assigned" else None}
         if state == "PENDING":
             common["started"] = None
         pending = _ARRAY_PENDING.match(job_id)
@@ -195,9 +186,9 @@ def parse_sacct(text: str) -> list[JobRecord]:
                 records.append(JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task,
                                          raw_id=raw_id, collapsed=True, **common))
             continue
-        task = _ARRAY_ID.match(job_id)
-        if task:
-            records.append(JobRecord(job_id=job_id, array_job=task.group(1), task=int(task.group(2)),
+        one_task = _ARRAY_ID.match(job_id)
+        if one_task:
+            records.append(JobRecord(job_id=job_id, array_job=one_task.group(1), task=int(one_task.group(2)),
                                      raw_id=raw_id, **common))
         else:
             records.append(JobRecord(job_id=job_id.split("+")[0], raw_id=raw_id, **common))

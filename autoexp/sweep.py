@@ -49,7 +49,7 @@ def points(config) -> list[dict]:
 
 
 def _format(value: Any) -> str:
-    text = render._text(value)
+    text = render.as_text(value)
     return UNSAFE_CHARS.sub("-", text)
 
 
@@ -80,7 +80,8 @@ def expand(config, exp_dir) -> list[Run]:
     varying = [k for k in keys if len({repr(p.get(k, "\0missing")) for p in found}) > 1]
     template = config.get("run_name")
     where = config.where("run_name")
-    runs, seen = [], {}
+    runs: list[Run] = []
+    seen: dict[str, int] = {}
     for index, point in enumerate(found):
         if template:
             context = {**point, "run_index": index, "exp_dir": str(exp_dir)}

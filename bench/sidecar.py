@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 import autoexp
-from autoexp import scheduler as schedmod, sidecar, slurm, state as statefile
+from autoexp import backends, sidecar, slurm, statefile
 from autoexp.sidecar import logwatch
 
 EVENTS = [{"name": "nan_loss", "pattern": r"loss[=:]\s*nan", "action": "log"},
@@ -55,7 +55,7 @@ def measure(exp_dir: Path, after: int, every: float, run_for: float) -> None:
     """Poll like the sidecar until done, then ``after`` more times; one JSON line per poll."""
     settings = sidecar.Settings.load(exp_dir)
     st = statefile.read(exp_dir)
-    sched = schedmod.get(st["scheduler"], exp_dir)
+    sched = backends.get(st["scheduler"], exp_dir)
     parsing = [0.0]
     parse = slurm.parse_sacct
 
@@ -97,7 +97,7 @@ def launch(base: Path, n: int) -> Path:
     path = base / f"bench-{n}.yaml"
     path.write_text(yaml.safe_dump(config))
     result = autoexp.launch(autoexp.load_config(path))
-    schedmod.get(result.scheduler, result.exp_dir).cancel([result.sidecar])  # the benchmark polls instead
+    backends.get(result.scheduler, result.exp_dir).cancel([result.sidecar])  # the benchmark polls instead
     return result.exp_dir
 
 
@@ -124,7 +124,7 @@ def report_polls(n: int, rows: list[dict]) -> None:
         if not chosen:
             continue
 
-        def fig(key):
+        def fig(key, chosen=chosen):
             values = [r[key] for r in chosen]
             return f"{statistics.median(values):.3f}/{max(values):.3f}"
         print(f"  {phase:9} {len(chosen):>5} {max(r['records'] for r in chosen):>8}   {fig('sacct_wall'):>10} "

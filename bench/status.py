@@ -28,7 +28,6 @@ import yaml
 
 from autoexp.slurm import SACCT_FIELDS
 
-
 TIME = "/usr/bin/time"  # GNU time: a small parent, so the peak RSS is the command's own
 # As users run it: with compiled modules cached (a coding sandbox may forbid writing them).
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 CHUNK = 8 << 20  # bytes read at a time
 MAX_LINE = 1 << 20  # a "line" this long without a newline is matched anyway (progress bars)
@@ -46,7 +47,7 @@ class Rules:
     metrics: list[Rule] = field(default_factory=list)
 
     @classmethod
-    def from_monitor(cls, monitor: dict) -> "Rules":
+    def from_monitor(cls, monitor: dict) -> Rules:
         events = [Rule(e["name"], re.compile(e["pattern"]), e.get("action") or "log")
                   for e in monitor.get("events") or []]
         metrics = [Rule(name, re.compile(pattern)) for name, pattern in (monitor.get("metrics") or {}).items()]

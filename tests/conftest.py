@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests marked ``slurm`` run against the real test cluster (cluster/setup.sh).
+"""Shared fixtures. Tests that use the ``slurm`` fixture run against the real test cluster
+(cluster/setup.sh) and are marked ``slurm``.
 
 Without a reachable cluster they skip, except when ``AUTOEXP_REQUIRE_SLURM=1`` (set by .ci/run):
 then a missing cluster fails the run instead of hiding the Slurm tests.
@@ -44,6 +45,14 @@ def slurm():
             pytest.fail(f"the Slurm test cluster is required but unusable: {problem}", pytrace=False)
         pytest.skip(f"no Slurm test cluster: {problem} (run cluster/setup.sh)")
     return True
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the ``slurm`` fixture is marked ``slurm``: ``pytest -m "not slurm"`` runs
+    the rest (parsers, templates, the state model, the local backend) without a cluster."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
 
 
 def autoexp(*args, cwd=None, env=None, check=False, timeout=300) -> subprocess.CompletedProcess:

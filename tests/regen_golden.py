@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_templates import GOLDEN, SITES, render_site  # noqa: E402
+from test_templates import GOLDEN, SITES, render_site
 
 
 def main() -> int:

@@ -41,6 +41,10 @@ mkdir -p "$artifacts" && chown "$test_user:" "$artifacts"
 # the CPU build, which this machine's pip finds locally (find-links), pinned.
 "$venv/bin/python" -m pip install -q "torch==2.13.0+cpu"
 
+echo "== lint: ruff and mypy (rules in pyproject.toml, versions in tests/constraints.txt)"
+"$venv/bin/python" -m pip install -q -c "$repo/tests/constraints.txt" ruff mypy types-PyYAML types-psutil
+(cd "$repo" && "$venv/bin/ruff" check --no-cache . && "$venv/bin/mypy")
+
 echo "== pytest as $test_user"
 work=$(mktemp -d /tmp/autoexp-tests.XXXXXX)
 trap 'rm -rf "$work"' EXIT

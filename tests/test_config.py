@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from autoexp import cli, config as configmod
+from autoexp.durations import parse_duration
 from conftest import autoexp
 
 GOOD = {
@@ -143,4 +144,4 @@ def test_sbatch_option_spellings_are_normalised(workdir):
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200),
                                           ("1d", 86400), ("01:30:00", 5400), ("1-00:00:10", 86410)])
 def test_durations(text, seconds):
-    assert configmod.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autoexp.scheduler import TERMINAL
+from autoexp.jobstates import TERMINAL
 from conftest import REPO, autoexp, read_state, sacct_rows, wait_for, write_config
 
 STANDIN = Path(__file__).parent / "standin"

@@ -110,7 +110,7 @@ def test_the_notebook_example_runs_as_written(origin, tmp_path):
     newcomer = Newcomer(origin, tmp_path)
     readme = newcomer.clone / "README.md"
     notebook = newcomer.clone / "examples" / "notebook.py"
-    assert notebook.read_text() in [block for block in readme_blocks(readme, "python")], \
+    assert notebook.read_text() in readme_blocks(readme, "python"), \
         "the README must show examples/notebook.py verbatim"
     newcomer.sh("pip install .")
     out = newcomer.sh("python examples/notebook.py", timeout=600).stdout

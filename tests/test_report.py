@@ -112,7 +112,7 @@ def test_the_report_in_a_headless_browser(finished):
 
 
 def test_status_shows_a_trend_of_the_metric(finished):
-    exp, state = finished
+    exp, _ = finished
     shown = run_cli("status", exp, check=True).stdout
     rows = [line for line in shown.splitlines() if line.startswith("rank")]
     assert len(rows) == 8

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from autoexp import sidecar, state as statefile
+from autoexp import model, sidecar
 from autoexp.scheduler import Scheduler
+from autoexp.sidecar import policy, records
 from autoexp.slurm import parse_sacct
 
 DATA = Path(__file__).parent / "data"
@@ -50,29 +51,25 @@ def experiment(tmp_path, arrays: dict[str, int]) -> dict:
         for task in range(count):
             runs.append(SimpleNamespace(name=f"r{job_id}_{task}", index=k, params={}))
             k += 1
-    st = statefile.new("t", runs, tmp_path, "slurm")
+    st = model.new_experiment("t", runs, tmp_path, "slurm")
     st["created"] = "2026-11-22T07:00:00Z"
     k = 0
     for job_id, count in arrays.items():
-        st["arrays"].append({"job_id": job_id, "tasks": f"0-{count - 1}", "attempt": 1,
-                             "script": f"{job_id}.sbatch", "offset": k, "submitted": st["created"]})
+        st["arrays"].append(model.new_array(job_id, f"0-{count - 1}", 1, f"{job_id}.sbatch", k, st["created"],
+                                            "launch"))
         for task in range(count):
-            run = st["runs"][f"r{job_id}_{task}"]
-            attempt = {"attempt": 1, "job_id": f"{job_id}_{task}", "state": "PENDING", "submitted": st["created"],
-                       "started": None, "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None,
-                       "log": str(tmp_path / f"{job_id}_{task}.out")}
-            run["attempts"].append(attempt)
-            run.update(state="PENDING", job_id=attempt["job_id"])
+            model.add_attempt(st["runs"][f"r{job_id}_{task}"], model.new_attempt(
+                1, f"{job_id}_{task}", st["created"], str(tmp_path / f"{job_id}_{task}.out")))
         k += count
     return st
 
 
 def apply(tmp_path, st, name_or_text, sched=None, now=None, settings=None):
     text = (DATA / name_or_text).read_text() if name_or_text.endswith(".txt") else name_or_text
-    work = sidecar._Poll(tmp_path, st, sched or Requeues(tmp_path), settings or sidecar.Settings(interval=1),
+    work = sidecar.Poll(tmp_path, st, sched or Requeues(tmp_path), settings or sidecar.Settings(interval=1),
                          sidecar.PollResult())
     if now is not None:
-        work.now, work.when = now, sidecar._iso(now)
+        work.now, work.when = now, model.iso(now)
     work.apply(parse_sacct(text), time.time())
     return work
 
@@ -123,7 +120,7 @@ def test_accounting_lagging_behind_our_own_cancel_is_ignored(tmp_path):
     st["runs"]["r74_0"]["state"] = "CANCELLED"
     apply(tmp_path, st, "sacct_pending_range.txt")  # still says RUNNING
     assert st["runs"]["r74_0"]["state"] == "CANCELLED"
-    assert not sidecar._Poll(tmp_path, st, Requeues(tmp_path), sidecar.Settings(), sidecar.PollResult())._settled(attempt)
+    assert not sidecar.Poll(tmp_path, st, Requeues(tmp_path), sidecar.Settings(), sidecar.PollResult()).settled(attempt)
     apply(tmp_path, st, "sacct_requeue_running.txt")  # the task had finished first: that is the truth
     assert st["runs"]["r74_0"]["state"] == "COMPLETED"
 
@@ -133,9 +130,9 @@ def test_tasks_cancelled_while_pending_vanish_and_are_then_cancelled(tmp_path):
     t0 = time.time()
     apply(tmp_path, st, "sacct_range_overlap.txt", now=t0)
     assert st["runs"]["r141_8"]["state"] == "PENDING"  # not seen yet: maybe just lagging
-    apply(tmp_path, st, "sacct_timeout_vanished.txt", now=t0 + sidecar.VANISH_GRACE - 5)
+    apply(tmp_path, st, "sacct_timeout_vanished.txt", now=t0 + records.VANISH_GRACE - 5)
     assert st["runs"]["r141_8"]["state"] == "PENDING"
-    work = apply(tmp_path, st, "sacct_timeout_vanished.txt", now=t0 + sidecar.VANISH_GRACE + 1)
+    work = apply(tmp_path, st, "sacct_timeout_vanished.txt", now=t0 + records.VANISH_GRACE + 1)
     assert st["runs"]["r141_8"]["state"] == st["runs"]["r141_9"]["state"] == "CANCELLED"
     assert st["runs"]["r141_0"]["state"] == "TIMEOUT"
     assert work.over()
@@ -147,22 +144,22 @@ def test_node_fail_waits_for_slurms_own_requeue(tmp_path):
     settings = sidecar.Settings(interval=1, retry_max=1, retry_on=frozenset({"NODE_FAIL"}))
     first = "\n".join((DATA / "sacct_node_fail.txt").read_text().splitlines()[:4])  # before the requeue shows
     work = apply(tmp_path, st, first, sched=sched, settings=settings)
-    assert not work._settled(st["runs"]["r137_0"]["attempts"][-1])  # Slurm will bring it back
-    assert work._settled(st["runs"]["r138_0"]["attempts"][-1])  # --no-requeue: final, autoexp retries
+    assert not work.settled(st["runs"]["r137_0"]["attempts"][-1])  # Slurm will bring it back
+    assert work.settled(st["runs"]["r138_0"]["attempts"][-1])  # --no-requeue: final, autoexp retries
     work = apply(tmp_path, st, "sacct_node_fail.txt", sched=sched, settings=settings)
     assert [a["state"] for a in st["runs"]["r137_0"]["attempts"]] == ["NODE_FAIL", "PENDING"]
     apply(tmp_path, st, "sacct_node_fail_requeued_done.txt", sched=sched, settings=settings)
     assert st["runs"]["r137_1"]["state"] == "COMPLETED" and len(st["runs"]["r137_1"]["attempts"]) == 2
-    late = apply(tmp_path, st, first, sched=sched, settings=settings, now=time.time() + sidecar.REQUEUE_GRACE + 1)
-    assert late._settled(st["runs"]["r138_1"]["attempts"][-1])
+    late = apply(tmp_path, st, first, sched=sched, settings=settings, now=time.time() + policy.REQUEUE_GRACE + 1)
+    assert late.settled(st["runs"]["r138_1"]["attempts"][-1])
 
 
 def test_lease(tmp_path):
     st = experiment(tmp_path, {"74": 1})
     now = time.time()
-    st["sidecar"] = {"job_id": "99", "heartbeat": sidecar._iso(now - 5), "interval": 2, "host": "elsewhere", "pid": 1}
+    st["sidecar"] = {"job_id": "99", "heartbeat": model.iso(now - 5), "interval": 2, "host": "elsewhere", "pid": 1}
     assert sidecar.alive(st, now=now)
-    assert not sidecar.alive(st, now=now + sidecar.stale_after(2) + 5)
-    st["sidecar"]["stopped"] = sidecar._iso(now)
+    assert not sidecar.alive(st, now=now + model.stale_after(2) + 5)
+    st["sidecar"]["stopped"] = model.iso(now)
     assert not sidecar.alive(st, now=now)
     assert sidecar.holds({"sidecar": {"job_id": "99"}}, "99") and not sidecar.holds(st, "99")

@@ -18,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-
 import autoexp
-from autoexp import state as statefile
+from autoexp import model, statefile
 from conftest import autoexp as run_cli, read_state, write_config
 
 
@@ -44,12 +43,12 @@ def as_if_running(exp: Path, states: dict[str, str] | None = None, default: str 
             attempt = {"attempt": 1, "job_id": f"900_{run['index']}", "state": state,
                        "log": str(exp / "runs" / name / f"slurm-900_{run['index']}.out")}
             run.update(state=state, job_id=attempt["job_id"], attempts=[attempt], elapsed_s=42,
-                       started=statefile.now() if state != "PENDING" else None)
+                       started=model.now() if state != "PENDING" else None)
             if state == "COMPLETED":
                 run["metrics"] = {"loss": 0.25}
         stamp = (now - dt.timedelta(seconds=heartbeat_age)).strftime("%Y-%m-%dT%H:%M:%SZ") \
             if heartbeat_age is not None else None
-        st["sidecar"] = {"job_id": "901", "host": "node1", "heartbeat": stamp, "submitted": statefile.now()}
+        st["sidecar"] = {"job_id": "901", "host": "node1", "heartbeat": stamp, "submitted": model.now()}
         if interval is not None:
             st["sidecar"]["interval"] = interval
         st["done"] = done
@@ -153,7 +152,7 @@ def test_the_table_reads_the_state_without_its_history(workdir):
     as_if_running(exp, {"run1": "FAILED"})
     with statefile.locked(exp) as st:
         for i in range(50):
-            statefile.log(st, "STATE_CHANGE", f"run{i % 5}", Previous="PENDING", Current="RUNNING ]\n ]")
+            model.log(st, "STATE_CHANGE", f"run{i % 5}", Previous="PENDING", Current="RUNNING ]\n ]")
     full = statefile.read(exp)
     assert len(full["history"]) > 50
     assert statefile.read(exp, history=False) == {**full, "history": []}
@@ -265,5 +264,5 @@ def test_status_does_not_import_the_planning_stack(workdir):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "autoexp.status" in imported
+    assert "autoexp.statusview" in imported
     assert not {"jinja2", "yaml", "submitit", "autoexp.plan", "autoexp.config"} & imported

@@ -18,7 +18,7 @@ from unittest import mock
 import pytest
 
 from autoexp import config as configmod, plan as planmod
-from autoexp.scheduler import TERMINAL
+from autoexp.jobstates import TERMINAL
 from conftest import REPO, autoexp, read_state, sacct_rows, wait_for, write_config
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -118,6 +118,7 @@ def simple_config(**extra) -> dict:
             **extra}
 
 
+@pytest.mark.slurm  # plan --scheduler slurm asks scontrol for MaxArraySize
 def test_a_user_template_overriding_one_block_changes_only_that_block(workdir):
     assert plan_cli(workdir, simple_config(output_dir="stock")).returncode == 0
     proc = plan_cli(workdir, simple_config(output_dir="mine", template=str(MULTINODE)))
@@ -132,6 +133,7 @@ def test_a_user_template_overriding_one_block_changes_only_that_block(workdir):
     assert subprocess.run(["bash", "-n", str(workdir / "mine" / "tpl" / "array.sbatch")]).returncode == 0
 
 
+@pytest.mark.slurm
 @pytest.mark.parametrize("body, message", [
     ("{% block launch %}{{ containr_exec }} autoexp_command{% endblock %}",
      "undefined variable 'containr_exec' (did you mean 'container_exec'?)"),
@@ -151,6 +153,7 @@ def test_mistakes_in_a_user_template_fail_at_plan_time(workdir, body, message):
     assert not (workdir / "experiments" / "tpl").exists()
 
 
+@pytest.mark.slurm  # plan --scheduler slurm asks scontrol for MaxArraySize
 def test_a_template_extending_an_unknown_stock_template_is_refused(workdir):
     template = user_template(workdir, '{% extends "array.sbatch" %}\n')
     proc = plan_cli(workdir, simple_config(template=template.name))
@@ -158,6 +161,7 @@ def test_a_template_extending_an_unknown_stock_template_is_refused(workdir):
     assert "array.sbatch.j2" in proc.stderr
 
 
+@pytest.mark.slurm  # plan --scheduler slurm asks scontrol for MaxArraySize
 def test_a_sidecar_template_can_override_its_launch_block(workdir):
     template = user_template(workdir, '{% extends "sidecar.sbatch.j2" %}\n{% block launch %}\n'
                              'module load python\n{{ super() }}{% endblock %}\n', "side.j2")
@@ -166,6 +170,7 @@ def test_a_sidecar_template_can_override_its_launch_block(workdir):
     assert "module load python\nexec " in text and " -m autoexp sidecar " in text
 
 
+@pytest.mark.slurm  # plan --scheduler slurm asks scontrol for MaxArraySize
 def test_a_template_named_by_a_site_is_found_next_to_the_site_file(workdir):
     sites = workdir / "sites"
     sites.mkdir()

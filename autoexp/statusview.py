@@ -27,12 +27,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import history, report, state as statefile
+from . import history, report, statefile
 from .errors import AutoexpError
-from .scheduler import TERMINAL
+from .jobstates import FAILED, TERMINAL
+from .model import STALE_INTERVALS, Run, State, lease_fresh, parse_time, stale_after
 
-STALE_INTERVALS = 3  # no heartbeat for this many polling intervals: the sidecar is stale
-FAILED = frozenset(report.PROBLEM_STATES) - {"CANCELLED"}  # what `retry --failed` resubmits
 ROWS_OFF_TERMINAL = 50  # table rows shown when not on a terminal (--all shows every run)
 LOG_TAIL_BYTES = 8192  # how much of a stale sidecar's log is read for its last line
 ERROR_LINE = re.compile(r"(?i)error|exception|traceback|no such file|not found|permission denied|killed"
@@ -45,7 +44,7 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def polling_interval(state: dict, exp_dir: Path) -> float:
+def polling_interval(state: State, exp_dir: Path) -> float:
     """Seconds between the sidecar's polls: as the sidecar recorded it, else from config.yaml."""
     recorded = (state.get("sidecar") or {}).get("interval")
     if recorded:
@@ -58,23 +57,22 @@ def polling_interval(state: dict, exp_dir: Path) -> float:
         return 60.0
 
 
-def health(state: dict, exp_dir: Path, now: dt.datetime | None = None) -> dict:
-    """Is a sidecar watching? Derived from the heartbeat alone (no scheduler call)."""
+def health(state: State, exp_dir: Path, now: dt.datetime | None = None) -> dict:
+    """Is a sidecar watching? Derived from the lease alone (no scheduler call): model.lease_fresh."""
     now = now or utcnow()
     sidecar = state.get("sidecar") or {}
     interval = polling_interval(state, exp_dir) if sidecar.get("job_id") else None
-    result = {"sidecar": "not_launched", "job_id": sidecar.get("job_id"), "host": sidecar.get("host"),
+    result: dict = {"sidecar": "not_launched", "job_id": sidecar.get("job_id"), "host": sidecar.get("host"),
               "heartbeat": sidecar.get("heartbeat"), "stopped": sidecar.get("stopped"), "age_s": None,
-              "interval_s": interval, "stale_after_s": STALE_INTERVALS * interval if interval else None,
+              "interval_s": interval, "stale_after_s": stale_after(interval) if interval else None,
               "fix": None, "log": None, "last_error": None}
-    beat = statefile.parse_time(sidecar.get("heartbeat") or sidecar.get("submitted"))
+    beat = parse_time(sidecar.get("heartbeat") or sidecar.get("submitted"))
     if beat:
         result["age_s"] = max(0, round((now - beat).total_seconds()))
     launched = sidecar.get("job_id") or state.get("arrays")
-    recent = result["age_s"] is not None and result["age_s"] <= (result["stale_after_s"] or 0)
     if state.get("done"):
         result["sidecar"] = "finished"
-    elif launched and recent and not sidecar.get("stopped"):
+    elif launched and interval and lease_fresh(sidecar, interval, now.timestamp()):
         result["sidecar"] = "alive" if sidecar.get("heartbeat") else "starting"
     elif launched:  # silent for three intervals, or stopped (scancel, time limit) before the end
         result["sidecar"] = "stale"
@@ -109,7 +107,7 @@ def last_error(log: Path) -> str | None:
     return lines[-1][:300] if lines and ERROR_LINE.search(lines[-1]) else None
 
 
-def progress(state: dict) -> dict:
+def progress(state: State) -> dict:
     """Totals from the state's counts (which every write recomputes from the runs)."""
     counts = state["counts"]
     finished = sum(n for s, n in counts.items() if s in TERMINAL)
@@ -118,7 +116,7 @@ def progress(state: dict) -> dict:
             "cancelled": counts.get("CANCELLED", 0), "active": sum(counts.values()) - finished}
 
 
-def document(exp_dir: Path, state: dict | None = None, now: dt.datetime | None = None) -> dict:
+def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None = None) -> dict:
     """What ``autoexp status --json`` prints (see the module docstring)."""
     state = state if state is not None else statefile.read_shared(exp_dir)
     return {**state, "health": health(state, exp_dir, now), "progress": progress(state)}
@@ -128,7 +126,7 @@ def experiments(base: Path) -> list[dict]:
     """Every experiment under ``base``, newest first, with its counts and health (``autoexp list``)."""
     found = []
     for file in base.glob(f"*/{statefile.STATE}"):
-        item = {"experiment": file.parent.name, "exp_dir": str(file.parent.absolute())}
+        item: dict = {"experiment": file.parent.name, "exp_dir": str(file.parent.absolute())}
         try:
             st = statefile.read(file.parent)
         except AutoexpError as err:  # one unreadable experiment must not hide the others
@@ -166,9 +164,8 @@ class Painter:
         return f"\033[{COLOURS[colour]}m{text}\033[0m"
 
 
-def order(run: dict) -> int:
+def order(state: str) -> int:
     """Failed runs first, then what is still going on, then the rest."""
-    state = run["state"]
     if state in FAILED:
         return 0
     if state == "CANCELLED":
@@ -178,13 +175,14 @@ def order(run: dict) -> int:
     return 4
 
 
-def elapsed(run: dict, now: dt.datetime) -> str:
-    if run["state"] == "RUNNING" and run.get("started"):
-        return report.human_duration((now - statefile.parse_time(run["started"])).total_seconds())
+def elapsed(run: Run, now: dt.datetime) -> str:
+    started = parse_time(run.get("started"))
+    if run["state"] == "RUNNING" and started:
+        return report.human_duration((now - started).total_seconds())
     return report.human_duration(run.get("elapsed_s"))
 
 
-def row(name: str, run: dict, now: dt.datetime, trend_text: str) -> list[str]:
+def row(name: str, run: Run, now: dt.datetime, trend_text: str) -> list[str]:
     metrics = " ".join(f"{k}={report.format_value(v)}" for k, v in (run.get("metrics") or {}).items())
     return [name, run["state"], run.get("job_id") or "-", elapsed(run, now), str(len(run.get("attempts") or [])),
             trend_text, metrics or "-", report.latest_event(run) or "-"]
@@ -231,12 +229,12 @@ def fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
 
 
-def ranked(state: dict, limit: int | None = None) -> list[tuple[str, dict]]:
+def ranked(state: dict, limit: int | None = None) -> list[tuple[str, Run]]:
     """The first ``limit`` runs in table order (bucketed, not sorted whole: 10,000 runs show fast)."""
-    buckets: list[list] = [[] for _ in range(5)]
+    buckets: list[list[tuple[str, Run]]] = [[] for _ in range(5)]
     for item in state["runs"].items():
-        buckets[order(item[1])].append(item)
-    shown: list[tuple[str, dict]] = []
+        buckets[order(item[1]["state"])].append(item)
+    shown: list[tuple[str, Run]] = []
     for bucket in buckets:
         shown += sorted(bucket, key=lambda item: item[1]["index"])[:None if limit is None else limit - len(shown)]
     return shown
@@ -306,7 +304,7 @@ def health_line(doc: dict, paint: Painter) -> str:
 
 
 def counts_text(counts: dict, paint: Painter) -> str:
-    by_order = sorted(counts.items(), key=lambda kv: (order({"state": kv[0]}), kv[0]))
+    by_order = sorted(counts.items(), key=lambda kv: (order(kv[0]), kv[0]))
     return ", ".join(paint(f"{n} {s}", STATE_COLOUR.get(s)) for s, n in by_order)
 
 
@@ -316,7 +314,7 @@ def render(doc: dict, colour: bool = False, limit: int | None = ROWS_OFF_TERMINA
     now = now or utcnow()
     paint = Painter(colour)
     prog = doc["progress"]
-    updated = statefile.parse_time(doc.get("updated"))
+    updated = parse_time(doc.get("updated"))
     ago = f", updated {report.human_duration((now - updated).total_seconds())} ago" if updated else ""
     lines = [f"{paint(doc['experiment'], 'bold')}  {doc.get('exp_dir', '')}  ({doc.get('scheduler', 'slurm')}{ago})",
              f"{bar(prog, doc['counts'], paint)} {prog['finished']}/{prog['runs']} finished   "

@@ -1,78 +1,37 @@
-"""state.json: the one source of truth of an experiment, and its two views.
+"""state.json on disk: the one source of truth of an experiment, and its two views.
 
 Writers (the sidecar, launch, cancel, retry) change it only inside :func:`locked`, which holds
 ``state.json.lock``, reads the current state, and on exit replaces ``state.json`` atomically
 (write to a temporary file, fsync, rename) and regenerates ``experiment_summary.md`` and
-``events.log`` from it. Readers never see a half-written file, whatever is killed when.
+``events.log`` from it. Readers never see a half-written file, whatever is killed when. The records themselves are
+in :mod:`autoexp.model`; the views are rendered by :mod:`autoexp.report`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import gc
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any
 
+from . import report
 from .errors import AutoexpError, InputError
+from .model import SCHEMA, State, now, recount
 
 if TYPE_CHECKING:
     import filelock
 
-SCHEMA = 1
 STATE = "state.json"
 LOCK = "state.json.lock"
 SUMMARY = "experiment_summary.md"
 EVENTS = "events.log"
 LOCK_TIMEOUT = 60.0
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-
-
-def new(name: str, runs: list, exp_dir: Path, scheduler: str) -> dict:
-    """The state of a planned experiment: every run PLANNED, nothing submitted."""
-    state = {
-        "schema": SCHEMA, "experiment": name, "exp_dir": str(exp_dir), "scheduler": scheduler,
-        "created": now(), "updated": now(), "done": False,
-        "sidecar": {}, "arrays": [], "counts": {},
-        "runs": {run.name: {"index": run.index, "params": run.params, "state": "PLANNED",
-                            "job_id": None, "submitted": None, "started": None, "completed": None,
-                            "elapsed_s": None, "exit_code": None, "nodes": None,
-                            "attempts": [], "events": [], "metrics": {}}
-                 for run in runs},
-        "history": [],
-    }
-    recount(state)
-    log(state, "PLAN", name, Runs=len(runs), Directory=str(exp_dir))
-    return state
-
-
-def recount(state: dict) -> None:
-    counts: dict[str, int] = {}
-    for run in state["runs"].values():
-        counts[run["state"]] = counts.get(run["state"], 0) + 1
-    state["counts"] = dict(sorted(counts.items()))
-
-
-def log(state: dict, kind: str, subject: str, when: str | None = None, **details) -> None:
-    """Add an entry to the experiment's history; events.log is rendered from these entries."""
-    entry = {"time": when or now(), "kind": kind, "subject": subject}
-    if details:
-        entry["details"] = {k.replace("_", " "): v for k, v in details.items() if v is not None}
-    state["history"].append(entry)
 
 
 # --------------------------------------------------------------------------- files
@@ -81,7 +40,7 @@ def path(exp_dir: Path) -> Path:
     return Path(exp_dir) / STATE
 
 
-def loads(data: bytes) -> dict:
+def loads(data: bytes) -> State:
     """``json.loads`` with the cycle collector paused: a state holds no cycles, and collecting
     while 10,000 runs are being built costs a third of the parse."""
     enabled = gc.isenabled()
@@ -104,7 +63,7 @@ def without_history(data: bytes) -> bytes:
     return data[:start] + b'\n "history": []' + data[end + 3:]
 
 
-def read(exp_dir: Path, history: bool = True) -> dict:
+def read(exp_dir: Path, history: bool = True) -> State:
     """The state as last written; an unknown directory or a newer schema is an InputError."""
     file = path(exp_dir)
     try:
@@ -139,7 +98,7 @@ def atomic_write(file: Path, text: str) -> None:
         raise
 
 
-def dumps(state: dict) -> str:
+def dumps(state: State) -> str:
     """state.json's text: one line per top-level key, per run and per history entry, so grep and
     diff stay useful, each encoded by json's C encoder (``indent`` is pure Python: 5x slower)."""
     def lines(mapping: dict | list) -> str:
@@ -149,22 +108,32 @@ def dumps(state: dict) -> str:
                           else f"  {json.dumps(v)}" for k, v in items)
         return f"{open_}\n{body}\n {close}" if body else f"{open_}{close}"
 
+    document: dict[str, Any] = dict(state)
     parts = [f" {json.dumps(key)}: {lines(value) if key in ('runs', 'history') else json.dumps(value)}"
-             for key, value in state.items()]
+             for key, value in document.items()]
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
-def write(exp_dir: Path, state: dict) -> None:
+def write(exp_dir: Path, state: State) -> None:
     """Write state.json and regenerate its views; call with the lock held."""
-    from . import report
-
     exp_dir = Path(exp_dir)
     state["updated"] = now()
     recount(state)
     events, rebuild = report.events_update(exp_dir / EVENTS, state)
     atomic_write(exp_dir / STATE, dumps(state))
     atomic_write(exp_dir / SUMMARY, report.summary(state))
-    report.events_apply(exp_dir / EVENTS, events, rebuild)
+    append_events(exp_dir / EVENTS, events, rebuild)
+
+
+def append_events(file: Path, text: str, rebuild: bool) -> None:
+    """Bring events.log up to date: append what it lacks, or replace it whole."""
+    if rebuild:
+        atomic_write(file, text)
+    elif text:
+        with open(file, "a") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def lock(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> filelock.FileLock:
@@ -174,7 +143,7 @@ def lock(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> filelock.FileLock:
 
 
 @contextlib.contextmanager
-def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[dict]:
+def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[State]:
     """Read-modify-write under the lock; the state is written only if the block succeeds."""
     import filelock
 
@@ -188,7 +157,7 @@ def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[dict]:
                            "autoexp process") from None
 
 
-def read_shared(exp_dir: Path, timeout: float = 2.0, history: bool = True) -> dict:
+def read_shared(exp_dir: Path, timeout: float = 2.0, history: bool = True) -> State:
     """Read for display: wait briefly for a writer to finish, then read the (atomic) file anyway.
 
     Readers share the lock (``flock(LOCK_SH)`` on the file writers lock exclusively with filelock),

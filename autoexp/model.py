@@ -1,0 +1,293 @@
+"""The records of state.json, typed, and the only code that creates them.
+
+The state is kept as the plain JSON document it is on disk (TypedDicts, not classes): `autoexp
+status` reads 10,000 runs in a fraction of a second, and every writer's change is exactly what lands
+in the file. Each kind of record is built here and nowhere else: an experiment (:func:`new_experiment`),
+a run, an attempt (one allocation of a run: :func:`new_attempt`, :func:`requeued_attempt`), whose
+latest one a run always mirrors (:func:`show_latest`), the sidecar's lease, a history entry
+(:func:`log`) and a log event.
+
+The lease rule lives here too (:func:`lease_fresh`): `status`, `resume` and the sidecar all ask it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired
+
+SCHEMA = 1
+STALE_INTERVALS = 3  # a lease whose heartbeat is older than this many polling intervals is dead
+STALE_MIN = 10.0  # s: ... and older than this, whatever the interval (a poll itself takes time)
+
+
+class Attempt(TypedDict):
+    """One allocation of a run: a submission, a retry, or a Slurm requeue of the same task."""
+
+    attempt: int  # 1 for the first allocation
+    job_id: str  # "<array>_<task>"
+    state: str  # Slurm's word (see jobstates)
+    submitted: str | None  # UTC ISO 8601, like every time in the state
+    started: str | None
+    completed: str | None
+    elapsed_s: int | None
+    exit_code: str | None
+    nodes: str | None
+    log: str  # where the task writes (runs/<run>/slurm-<array>_<task>.out)
+    requeued: NotRequired[bool]  # Slurm put the same task back in the queue
+    reason: NotRequired[str]  # what follows the state in accounting ("by 1000")
+    ended_seen: NotRequired[str]  # when a poll first saw it ended
+    missing_since: NotRequired[str]  # when it went missing from accounting
+    cancelled: NotRequired[str]  # who cancelled it: never retried by a rule
+    retry: NotRequired[str]  # why a retry followed it ("none left": none could)
+
+
+class Event(TypedDict):
+    """A match of a log rule (or a function's outcome) in a run's log."""
+
+    name: str
+    time: str
+    groups: dict[str, Any]
+    attempt: NotRequired[int]
+
+
+class Run(TypedDict):
+    """One point of the sweep; the mirrored fields are those of its latest attempt."""
+
+    index: int
+    params: dict[str, Any]
+    state: str
+    job_id: str | None
+    submitted: str | None
+    started: str | None
+    completed: str | None
+    elapsed_s: int | None
+    exit_code: str | None
+    nodes: str | None
+    attempts: list[Attempt]
+    events: list[Event]
+    metrics: dict[str, Any]
+    log_cursor: NotRequired[dict[str, Any]]  # where the sidecar stopped reading the log (logwatch)
+    cancelled: NotRequired[str]
+    result: NotRequired[str | None]  # a function sweep's return value (repr, shortened)
+    error: NotRequired[str]
+
+
+class Lease(TypedDict, total=False):
+    """``state["sidecar"]``: the sidecar job that may write polls, and its heartbeat."""
+
+    job_id: str
+    submitted: str
+    reason: str  # why it was submitted: launch, retry, resume, handover, chain
+    host: str | None
+    pid: int
+    started: str
+    heartbeat: str | None  # renewed by every poll
+    interval: float  # seconds between polls
+    mode: str  # job or chain
+    state: str  # its job's state in accounting
+    previous: str | None  # the holder it took the lease over from
+    stopped: str  # it stopped by itself: the lease is free
+
+
+class ArrayRecord(TypedDict):
+    """One submitted array (a launch or a retry)."""
+
+    job_id: str
+    tasks: str  # the --array spec without its throttle
+    attempt: int  # the highest attempt number among its runs
+    script: str  # relative to the experiment directory
+    offset: int  # run index of task 0
+    submitted: str
+    reason: str
+
+
+class Entry(TypedDict):
+    """One entry of the history, which events.log shows."""
+
+    time: str
+    kind: str
+    subject: str
+    details: NotRequired[dict[str, Any]]
+
+
+class State(TypedDict):
+    schema: int
+    experiment: str
+    exp_dir: str
+    scheduler: str
+    created: str
+    updated: str
+    done: bool
+    sidecar: Lease
+    arrays: list[ArrayRecord]
+    counts: dict[str, int]
+    runs: dict[str, Run]
+    history: list[Entry]
+    plan: NotRequired[dict[str, Any]]  # the planned arrays and sidecar script (plan.Plan.write)
+    query: NotRequired[dict[str, Any]]  # the sidecar's last scheduler query and its failures
+    events_log: NotRequired[dict[str, int]]  # what events.log holds (report.events_update)
+
+
+class PlannedRun(Protocol):
+    name: str
+    index: int
+    params: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- time
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch(text: str | None) -> float | None:
+    parsed = parse_time(text)
+    return parsed.timestamp() if parsed else None
+
+
+# --------------------------------------------------------------------------- the records
+
+def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, scheduler: str) -> State:
+    """The state of a planned experiment: every run PLANNED, nothing submitted."""
+    when = now()
+    state: State = {
+        "schema": SCHEMA, "experiment": name, "exp_dir": str(exp_dir), "scheduler": scheduler,
+        "created": when, "updated": when, "done": False, "sidecar": {}, "arrays": [], "counts": {},
+        "runs": {run.name: new_run(run.index, run.params) for run in runs}, "history": [],
+    }
+    recount(state)
+    log(state, "PLAN", name, Runs=len(state["runs"]), Directory=str(exp_dir))
+    return state
+
+
+def new_run(index: int, params: dict[str, Any]) -> Run:
+    return {"index": index, "params": params, "state": "PLANNED", "job_id": None, "submitted": None,
+            "started": None, "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None,
+            "attempts": [], "events": [], "metrics": {}}
+
+
+def task_log(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
+    """Where an array task writes its log (the array script's --output, through runs/<run>)."""
+    return str(Path(exp_dir) / "runs" / run_name / f"slurm-{array_job}_{task}.out")
+
+
+def new_attempt(number: int, job_id: str, submitted: str | None, log: str,
+                state: str = "PENDING") -> Attempt:
+    return {"attempt": number, "job_id": job_id, "state": state, "submitted": submitted, "started": None,
+            "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None, "log": log}
+
+
+def requeued_attempt(previous: Attempt, submitted: str | None) -> Attempt:
+    """Slurm put the same task back in the queue: a new allocation, appending to the same log."""
+    attempt = new_attempt(previous["attempt"] + 1, previous["job_id"], submitted, previous["log"])
+    attempt["requeued"] = True
+    return attempt
+
+
+def add_attempt(run: Run, attempt: Attempt) -> None:
+    run["attempts"].append(attempt)
+    show_latest(run)
+
+
+def show_latest(run: Run) -> None:
+    """Copy the latest attempt's fields onto the run: the run's state is its latest allocation's."""
+    latest = run["attempts"][-1]
+    run["state"], run["job_id"], run["submitted"] = latest["state"], latest["job_id"], latest.get("submitted")
+    run["started"], run["completed"], run["elapsed_s"] = latest.get("started"), latest.get("completed"), \
+        latest.get("elapsed_s")
+    run["exit_code"], run["nodes"] = latest.get("exit_code"), latest.get("nodes")
+
+
+def mark_cancelled(run: Run, reason: str, when: str) -> None:
+    """Cancelled by ``reason`` (the user, a rule): the sidecar's retry rules skip such runs."""
+    if run["attempts"]:
+        latest = run["attempts"][-1]
+        latest.update({"state": "CANCELLED", "completed": latest.get("completed") or when, "cancelled": reason})
+        show_latest(run)
+    else:
+        run.update({"state": "CANCELLED", "completed": run.get("completed") or when})
+    run["cancelled"] = reason
+
+
+def new_array(job_id: str, tasks: str, attempt: int, script: str, offset: int, submitted: str,
+              reason: str) -> ArrayRecord:
+    return {"job_id": job_id, "tasks": tasks, "attempt": attempt, "script": script, "offset": offset,
+            "submitted": submitted, "reason": reason}
+
+
+def new_event(name: str, when: str, groups: dict[str, Any], attempt: int | None = None) -> Event:
+    event: Event = {"name": name, "time": when, "groups": groups}
+    if attempt is not None:
+        event["attempt"] = attempt
+    return event
+
+
+def log(state: State, kind: str, subject: str, when: str | None = None, **details: Any) -> None:
+    """Add an entry to the experiment's history; events.log is rendered from these entries."""
+    entry: Entry = {"time": when or now(), "kind": kind, "subject": subject}
+    if details:
+        entry["details"] = {k.replace("_", " "): v for k, v in details.items() if v is not None}
+    state["history"].append(entry)
+
+
+def recount(state: State) -> None:
+    counts: dict[str, int] = {}
+    for run in state["runs"].values():
+        counts[run["state"]] = counts.get(run["state"], 0) + 1
+    state["counts"] = dict(sorted(counts.items()))
+
+
+def counts_text(state: State, sep: str = " - ") -> str:
+    """``3 runs - 1 COMPLETED, 2 FAILED`` (``sep`` between the total and the counts)."""
+    counts = ", ".join(f"{n} {s}" for s, n in state["counts"].items())
+    return f"{len(state['runs'])} runs{sep}{counts}"
+
+
+# --------------------------------------------------------------------------- the lease
+
+def submitted_lease(job_id: str, reason: str) -> Lease:
+    """A sidecar just submitted: the lease passes to it (it is alive until it misses heartbeats)."""
+    return {"job_id": job_id, "submitted": now(), "host": None, "heartbeat": None, "reason": reason}
+
+
+def held_lease(old: Lease, me: str, host: str, pid: int, interval: float, mode: str) -> Lease:
+    """The lease as a sidecar takes it: its own submission's record kept, a dead holder's dropped."""
+    lease: Lease = old.copy() if old.get("job_id") == me else {"job_id": me, "previous": old.get("job_id")}
+    when = now()
+    lease.update({"job_id": me, "host": host, "pid": pid, "started": when, "heartbeat": when,
+                  "interval": interval, "mode": mode})
+    lease.pop("stopped", None)
+    return lease
+
+
+def stale_after(interval: float) -> float:
+    """Seconds without a heartbeat after which a lease's holder is taken for dead."""
+    return max(STALE_INTERVALS * interval, STALE_MIN)
+
+
+def lease_age(lease: Lease, when: float) -> float | None:
+    """Seconds since the heartbeat (or, before the first poll, the submission)."""
+    beat = epoch(lease.get("heartbeat") or lease.get("submitted"))
+    return None if beat is None else when - beat
+
+
+def lease_fresh(lease: Lease, interval: float, when: float) -> bool:
+    """The liveness rule: a holder that has not stopped and was heard of within :func:`stale_after`."""
+    age = lease_age(lease, when)
+    return bool(lease.get("job_id")) and not lease.get("stopped") and age is not None \
+        and age < stale_after(interval)

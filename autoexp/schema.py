@@ -1,0 +1,312 @@
+"""The schema of a config and of a site config, and the defaults a site may change.
+
+A schema node is a callable ``(value, path) -> normalized value`` that raises :class:`Invalid`
+with the dotted path of the offending key; :mod:`autoexp.config` turns that into an InputError
+naming the file the value came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from typing import Any, Callable
+
+from .durations import SLURM_TIME_RE, parse_duration
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ACTIONS = ("log", "cancel", "retry")
+SIDECAR_MODES = ("job", "chain")
+
+# Long options of sbatch (22.05); a typo in `slurm:` is caught here instead of by a refused job.
+SBATCH_OPTIONS = frozenset("""
+account acctg-freq array batch bb bbf begin chdir cluster-constraint clusters comment constraint
+container contiguous core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline
+delay-boot dependency distribution error exclude exclusive export export-file extra-node-info
+get-user-env gid gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres gres-flags
+hint hold ignore-pbs input job-name kill-on-invalid-dep licenses mail-type mail-user mcs-label mem
+mem-bind mem-per-cpu mem-per-gpu mincpus network nice no-kill no-requeue nodefile nodelist nodes
+ntasks ntasks-per-core ntasks-per-gpu ntasks-per-node ntasks-per-socket open-mode output overcommit
+oversubscribe parsable partition power prefer priority profile propagate qos quiet reboot requeue
+reservation signal sockets-per-node spread-job switches test-only thread-spec threads-per-core time
+time-min tmp uid use-min-nodes verbose wait wait-all-nodes wckey wrap
+""".split())
+# Options autoexp sets itself: a value from the user would break how runs find their logs.
+SBATCH_MANAGED = frozenset({"array", "output", "error", "parsable", "wrap", "test-only", "wait", "open-mode",
+                            "chdir"})
+
+
+
+class Invalid(Exception):
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+Check = Callable[[Any, str], Any]
+
+
+def type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def string(pattern: re.Pattern | None = None, hint: str = "") -> Check:
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise Invalid(path, f"expected a string, got {type_name(value)}")
+        value = str(value)
+        if pattern is not None and not pattern.match(value):
+            raise Invalid(path, f"{value!r} is not valid ({hint})")
+        return value
+    return check
+
+
+def integer(minimum: int = 0) -> Check:
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(path, f"expected an integer, got {type_name(value)} {value!r}")
+        if value < minimum:
+            raise Invalid(path, f"must be at least {minimum}, got {value}")
+        return value
+    return check
+
+
+def number(minimum: float = 0.0) -> Check:
+    def check(value, path):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(path, f"expected a number, got {type_name(value)} {value!r}")
+        if value <= minimum:
+            raise Invalid(path, f"must be greater than {minimum:g}, got {value}")
+        return value
+    return check
+
+
+def slurm_time(value, path):
+    text = string()(value, path)
+    if not SLURM_TIME_RE.match(text):
+        raise Invalid(path, f"{text!r} is not a Slurm time (use MM, HH:MM:SS, D-HH or D-HH:MM:SS)")
+    return text
+
+
+
+def duration(value, path):
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise Invalid(path, f"{value!r} is not a duration (use 90s, 30m, 2h, 1d or HH:MM:SS)") from None
+    if seconds <= 0:
+        raise Invalid(path, "must be longer than zero")
+    return value
+
+
+def regex(value, path):
+    text = string()(value, path)
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise Invalid(path, f"invalid regular expression {text!r}: {err}") from None
+    return text
+
+
+def list_of(item: Check, allow_scalar: bool = False) -> Check:
+    def check(value, path):
+        if allow_scalar and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise Invalid(path, f"expected a list, got {type_name(value)}")
+        return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return check
+
+
+def mapping(fields: dict[str, Check], required: tuple[str, ...] = (), values: Check | None = None,
+            keys: Check | None = None) -> Check:
+    """A dict with known ``fields`` (typos get a suggestion) or free keys checked by ``values``."""
+    def check(value, path):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise Invalid(path, f"expected a mapping, got {type_name(value)}")
+        out = {}
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if key in fields:
+                out[key] = fields[key](item, sub)
+            elif values is not None:
+                if keys is not None:
+                    key = keys(key, sub)
+                out[key] = values(item, sub)
+            else:
+                guess = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known: {', '.join(fields)})"
+                raise Invalid(sub, f"unknown key{hint}")
+        for key in required:
+            if key not in out:
+                raise Invalid(f"{path}.{key}" if path else key, "required key is missing")
+        return out
+    return check
+
+
+def any_value(value, path):
+    return value
+
+
+def sbatch_key(key, path):
+    name = str(key).replace("_", "-")
+    if name in SBATCH_MANAGED:
+        raise Invalid(path, f"'{name}' is set by autoexp itself and cannot be given")
+    if name not in SBATCH_OPTIONS:
+        guess = difflib.get_close_matches(name, sorted(SBATCH_OPTIONS), n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        raise Invalid(path, f"unknown sbatch option '{name}'{hint}")
+    return name
+
+
+def sbatch_value(value, path):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, (str, int, float)):
+        raise Invalid(path, f"expected a scalar, got {type_name(value)}")
+    text = str(value)
+    if "\n" in text or '"' in text:
+        raise Invalid(path, "newlines and double quotes are not allowed in an sbatch option")
+    if path.endswith((".time", ".time-min", ".time_min")):
+        slurm_time(text, path)
+    return value
+
+
+def sbatch_options(extra: dict[str, Check] | None = None) -> Check:
+    return mapping(extra or {}, values=sbatch_value, keys=sbatch_key)
+
+
+def env_name(key, path):
+    return string(ENV_NAME_RE, "an environment variable name")(key, path)
+
+
+def scalar(value, path):
+    if isinstance(value, (dict, list)):
+        raise Invalid(path, f"expected a scalar, got {type_name(value)}")
+    return value
+
+
+def shell_words(value, path):
+    """A command prefix as words: a list, or a string split the way a shell would."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as err:
+            raise Invalid(path, f"cannot split {value!r} into words: {err}") from None
+    return list_of(string())(value, path)
+
+
+def _sweep_points(value, path):
+    return list_of(mapping({}, values=any_value))(value, path)
+
+
+def _grid(value, path):
+    def axis(v, p):
+        if not isinstance(v, list):
+            raise Invalid(p, f"expected a list of values, got {type_name(v)}")
+        return v
+    return mapping({}, values=axis)(value, path)
+
+
+REQUEUE = mapping({"signal": string(re.compile(r"^[A-Z][A-Z0-9]*$"), "a signal name like USR1"),
+                   "before": integer(1), "max": integer(0),
+                   "by": string(re.compile(r"^(autoexp|command)$"), "autoexp or command")},
+                  required=("signal", "before"))
+
+
+def requeue(value, path):
+    """Signal each task ``before`` seconds ahead of its time limit, and requeue it once the command
+    has exited (at most ``max`` times; ``by: command`` when the command requeues itself, as
+    submitit does). Null or {} turns it off."""
+    return REQUEUE(value, path) if value else {}
+
+
+EVENT = mapping({
+    "name": string(NAME_RE, "letters, digits, . _ -"),
+    "pattern": regex,
+    "action": string(re.compile(rf"^({'|'.join(ACTIONS)})$"), f"one of {', '.join(ACTIONS)}"),
+}, required=("name", "pattern"))
+
+COMMON_FIELDS: dict[str, Check] = {
+    "output_dir": string(),
+    "max_parallel": integer(1),
+    "slurm": sbatch_options(),
+    "env": mapping({}, values=scalar, keys=env_name),
+    "setup": list_of(string(), allow_scalar=True),
+    "template": string(),
+    "sidecar_template": string(),
+    "container": mapping({
+        "image": string(),
+        "binds": list_of(string(), allow_scalar=True),
+        "runtime": string(re.compile(r"^(apptainer|singularity)$"), "apptainer or singularity"),
+        "gpu": string(re.compile(r"^(rocm|nv|none)$"), "rocm, nv or none"),
+        "options": list_of(string(), allow_scalar=True),
+    }),
+    "monitor": mapping({
+        "interval": number(),
+        "stall_after": duration,
+        "stall_action": string(re.compile(rf"^({'|'.join(ACTIONS)})$"), f"one of {', '.join(ACTIONS)}"),
+        "events": list_of(EVENT),
+        "metrics": mapping({}, values=regex),
+        "retries": mapping({"max": integer(0), "on": list_of(string())}),
+    }),
+    "sidecar": sbatch_options({
+        "mode": string(re.compile(rf"^({'|'.join(SIDECAR_MODES)})$"), " or ".join(SIDECAR_MODES)),
+        "handover": duration,
+    }),
+    "requeue": requeue,
+    "notify": mapping({"mail": string()}),
+    "report": mapping({"metric": string(), "goal": string(re.compile(r"^(min|max)$"), "min or max"),
+                       "every": duration}),
+    "python": string(),
+    "launcher": shell_words,
+}
+
+CONFIG = mapping({
+    "name": string(NAME_RE, "letters, digits, . _ -"),
+    "site": string(),
+    "command": string(),
+    "run_name": string(),
+    "sweep": mapping({"grid": _grid, "list": _sweep_points, "exclude": _sweep_points}),
+    **COMMON_FIELDS,
+}, required=("name", "command"))
+
+def true_or_false(value, path):
+    if not isinstance(value, bool):
+        raise Invalid(path, f"expected true or false, got {type_name(value)} {value!r}")
+    return value
+
+
+SITE = mapping({
+    "description": string(),
+    "extends": string(),
+    "hostnames": list_of(string(), allow_scalar=True),
+    # What the machine refuses, checked at plan time (site.check): a network image on compute nodes
+    # without internet, an image of another CPU architecture, more runs than a partition takes.
+    "offline": true_or_false,
+    "arch": string(re.compile(r"^(amd64|arm64)$"), "amd64 or arm64"),
+    "max_runs": mapping({"count": integer(1), "why": string()}, required=("count",)),
+    **COMMON_FIELDS,
+})
+
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "experiments",
+    "slurm": {},
+    "env": {},
+    "setup": [],
+    "container": {},
+    "monitor": {"interval": 60, "events": [], "metrics": {}, "retries": {"max": 0, "on": []},
+                "stall_action": "log"},
+    "sidecar": {"mode": "job", "time": "1-00:00:00", "handover": "5m", "ntasks": 1,
+                "cpus-per-task": 1, "mem": "2G", "requeue": True},
+    "notify": {},
+    "requeue": {},
+}

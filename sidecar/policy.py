@@ -1,0 +1,120 @@
+"""The policy: what the logs and the states call for (cancel, retry as one new array), and when
+the experiment is over."""
+
+from __future__ import annotations
+
+from .. import actions, model, report
+from ..errors import AutoexpError
+from ..jobstates import Phase, phase
+from ..model import Attempt, epoch
+from .work import Work
+
+REQUEUE_GRACE = 300  # s: how long a NODE_FAIL the scheduler should requeue waits for its new allocation
+
+
+class Policy(Work):
+    """Part of a poll: the actions rules and states call for, and the experiment's end."""
+
+    def act(self) -> None:
+        """Cancel and retry what the logs and the states call for: all retries as one submission."""
+        runs = self.st["runs"]
+        cancel = [n for n, (action, _) in self.requests.items()
+                  if action == "cancel" and phase(runs[n]["attempts"][-1]["state"]) < Phase.ENDED]
+        if cancel:
+            self._cancel(cancel)
+        retry: dict[str, str] = {}
+        for name, (action, event) in self.requests.items():
+            if action == "retry":
+                self._want_retry(name, f"event {event}", retry)
+        for name, run in runs.items():
+            current = run["attempts"][-1] if run["attempts"] else None
+            if current and current["state"] in self.settings.retry_on and not current.get("cancelled") \
+                    and self.settled(current):
+                self._want_retry(name, f"state {current['state']}", retry)
+        if retry:
+            self._retry(retry)
+
+    def _cancel(self, names: list[str]) -> None:
+        reasons = {n: f"event {self.requests[n][1]}" for n in names}
+        for reason in sorted(set(reasons.values())):
+            group = [n for n in names if reasons[n] == reason]
+            previous = {n: self.st["runs"][n]["state"] for n in group}
+            try:
+                actions.cancel_runs(self.st, self.sched, group, reason)
+            except AutoexpError as err:
+                model.log(self.st, "CANCEL_FAILED", ", ".join(group), self.when, Error=str(err))
+                continue
+            for name in group:
+                run = self.st["runs"][name]
+                self.state_change(name, run, run["attempts"][-1], previous[name], "CANCELLED")
+            self.result.cancelled += group
+
+    def _want_retry(self, name: str, reason: str, retry: dict[str, str]) -> None:
+        run = self.st["runs"][name]
+        current = run["attempts"][-1]
+        if current.get("retry") or name in retry:
+            return
+        used = len(run["attempts"]) - 1
+        if used >= self.settings.retry_max:
+            current["retry"] = "none left"
+            model.log(self.st, "RETRY_SKIPPED", name, self.when, Reason=reason,
+                      Result=f"no retry left: {used} of {self.settings.retry_max} used "
+                             "(monitor.retries.max)")
+            return
+        retry[name] = reason
+
+    def settled(self, attempt: Attempt) -> bool:
+        """An attempt the scheduler reported ended (our own cancel is not enough: the task may have
+        finished first) and will not bring back by itself (or has not, long enough)."""
+        if phase(attempt["state"]) < Phase.ENDED or attempt["state"] == "REQUEUED" or not attempt.get("ended_seen"):
+            return False
+        script = self.scripts.get(attempt["job_id"].split("_")[0])
+        if script is None or not self.sched.will_requeue(attempt["state"], script):
+            return True
+        return self.now - (epoch(attempt["ended_seen"]) or self.now) >= REQUEUE_GRACE
+
+    def _retry(self, retry: dict[str, str]) -> None:
+        runs = self.st["runs"]
+        active = [runs[n]["attempts"][-1]["job_id"] for n in retry
+                  if phase(runs[n]["attempts"][-1]["state"]) < Phase.ENDED]
+        reason = ", ".join(sorted(set(retry.values())))
+        try:
+            if active:
+                self.sched.cancel(active)
+            actions.submit_runs(self.exp_dir, self.st, self.sched, sorted(retry), reason)
+        except AutoexpError as err:
+            model.log(self.st, "RETRY_FAILED", ", ".join(sorted(retry)), self.when, Error=str(err),
+                      Result="will try again next poll")
+            return
+        for name in retry:
+            for attempt in runs[name]["attempts"][:-1]:
+                attempt.setdefault("retry", retry[name])
+        self.result.retried += sorted(retry)
+
+    def over(self) -> bool:
+        """Every run's latest attempt settled, and none waits for a retry a rule calls for."""
+        for run in self.st["runs"].values():
+            if not run["attempts"]:
+                return False
+            current = run["attempts"][-1]
+            if not self.settled(current):
+                return False
+            if current["state"] in self.settings.retry_on and not current.get("retry") \
+                    and not current.get("cancelled"):
+                return False
+        return True
+
+    def finish(self) -> None:
+        """Mark the experiment done once every run is over; only a submission (retry) undoes it,
+        and a done set by someone else (``autoexp cancel``) stops the sidecar too."""
+        if not self.st.get("done") and self.over():
+            runs = self.st["runs"].values()
+            first = min((epoch(a.get("submitted")) or self.now for r in runs for a in r["attempts"]),
+                        default=self.now)
+            last = max((epoch(r.get("completed")) or self.now for r in runs), default=self.now)
+            model.log(self.st, "ALL_COMPLETE", "Monitoring finished", self.when, Summary=model.counts_text(self.st),
+                      Total_time=report.human_duration(last - first),
+                      Next="see experiment_summary.md for each run; events.log for what happened")
+            self.st["done"] = True
+        self.result.done = bool(self.st.get("done"))
+

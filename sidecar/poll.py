@@ -1,0 +1,115 @@
+"""One poll: one scheduler query without the lock, then everything applied under it.
+
+:func:`reconcile` is the same without a lease, for ``autoexp status --refresh``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+from .. import backends, model, report, statefile
+from ..errors import AutoexpError
+from ..model import State
+from ..scheduler import JobRecord, Scheduler
+from .lease import LeaseLost, holds
+from .logscan import LogScan
+from .policy import Policy
+from .records import Records, since
+from .settings import Settings
+from .work import PollResult
+
+BACKOFF_MAX = 600  # s: longest pause between two scheduler queries after failures
+
+
+class Poll(Records, LogScan, Policy):
+    """One poll's work: records, logs, policy, and the bookkeeping below."""
+
+    def note_query(self) -> None:
+        """Record a failed or recovered scheduler query in the state and the event log."""
+        query = self.st.setdefault("query", {})
+        result = self.result
+        if result.query_error:
+            query["failures"] = query.get("failures", 0) + 1
+            query.setdefault("failing_since", self.when)
+            query["error"] = result.query_error
+            model.log(self.st, "SCHEDULER_ERROR", self.sched.name, self.when, Error=result.query_error,
+                      Failures=query["failures"],
+                      Next_try=f"in {report.human_duration(backoff(self.settings.interval, query['failures']))}")
+        elif result.queried and query.get("failures"):
+            model.log(self.st, "SCHEDULER_OK", self.sched.name, self.when,
+                      Result=f"answering again after {query['failures']} failed queries since "
+                             f"{report.human_time(query.get('failing_since'))}")
+            for key in ("failures", "failing_since", "error"):
+                query.pop(key, None)
+        result.failures = query.get("failures", 0)
+
+    def status_check(self) -> None:
+        model.recount(self.st)
+        result = model.counts_text(self.st)
+        if self.result.query_error:
+            result += f" (as last known: {self.sched.name} query failed)"
+        elif not self.result.queried:
+            result += " (scheduler not asked this poll)"
+        model.log(self.st, "STATUS_CHECK", f"Polling {self.sched.name.capitalize()}", self.when, Result=result)
+
+
+def reconcile(exp_dir: Path, sched: Scheduler | None = None) -> PollResult:
+    """One poll's work without the loop or the lease (``autoexp status --refresh``)."""
+    exp_dir = Path(exp_dir)
+    return poll(exp_dir, sched or backends.of_experiment(exp_dir), Settings.load(exp_dir))
+
+
+def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None = None,
+         query: bool = True, targets: tuple[list[str], dt.datetime] | None = None) -> PollResult:
+    """Query once, then apply everything under the lock; with ``lease``, only if we hold it.
+
+    ``targets`` (the previous poll's) saves reading the whole state before the query; an array
+    submitted since by someone else is then queried from the next poll on.
+    """
+    exp_dir = Path(exp_dir)
+    result = PollResult()
+    started = time.monotonic()
+    ids, window = targets or query_targets(statefile.read(exp_dir))
+    records: list[JobRecord] | None = None
+    asked_at = time.time()
+    if query and ids:
+        before = time.monotonic()
+        try:
+            records = sched.query(ids, window)
+        except AutoexpError as err:
+            result.query_error = str(err)
+        result.query_s = time.monotonic() - before
+        result.queried = True
+    with statefile.locked(exp_dir) as st:
+        if lease is not None and not holds(st, lease):
+            raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
+        work = Poll(exp_dir, st, sched, settings, result)
+        if records is not None and asked_at >= (st.get("query") or {}).get("asked", 0):
+            work.apply(records, asked_at)
+        work.note_query()
+        work.scan_logs()
+        work.act()
+        work.status_check()
+        if lease is not None:
+            st["sidecar"]["heartbeat"] = work.when
+        work.finish()
+        result.targets = query_targets(st)
+    result.work_s = time.monotonic() - started - result.query_s
+    return result
+
+
+def query_targets(st: State) -> tuple[list[str], dt.datetime]:
+    """What one query asks about: every array of the experiment and its sidecar job, since when."""
+    ids = [a["job_id"] for a in st.get("arrays", [])]
+    sidecar_id = (st.get("sidecar") or {}).get("job_id")
+    if sidecar_id and str(sidecar_id).isdigit():
+        ids.append(str(sidecar_id))
+    return ids, since(st)
+
+
+def backoff(interval: float, failures: int) -> float:
+    """Seconds to wait before asking a failing scheduler again."""
+    return min(interval * 2 ** max(failures - 1, 0), max(BACKOFF_MAX, interval))
+
