@@ -70,10 +70,6 @@ class Scan:
     restarted: str = ""  # why the file was read again from the top ("truncated", ...), if it was
 
 
-def new_cursor(path: str) -> dict:
-    return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None}
-
-
 def scan(cursor: dict, rules: Rules, final: bool = False) -> Scan:
     """Match the bytes ``cursor["path"]`` gained since the cursor; advance the cursor (in place).
 
