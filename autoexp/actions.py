@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import model
 from .errors import AutoexpError
-from .model import State
+from .model import PlannedArray, State
 from .scheduler import Scheduler, Submission
 
 
@@ -75,7 +75,7 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     return submitted
 
 
-def _record_array(exp_dir: Path, st: State, job_id: str, array: dict, chosen: list[tuple[int, str]],
+def _record_array(exp_dir: Path, st: State, job_id: str, array: PlannedArray, chosen: list[tuple[int, str]],
                   attempts: dict[int, int], spec: str, reason: str) -> None:
     when = model.now()
     st["arrays"].append(model.new_array(job_id, spec.split("%")[0], max(attempts.values()), array["script"],

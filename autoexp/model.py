@@ -115,6 +115,38 @@ class Entry(TypedDict):
     details: NotRequired[dict[str, Any]]
 
 
+class PlannedArray(TypedDict):
+    """One array script as planned: runs ``offset`` .. ``offset + count - 1`` as tasks 0 .. count - 1."""
+
+    script: str
+    offset: int
+    count: int
+    spec: str  # the --array value, "0-7%4"
+    after_previous: bool  # split arrays run one after the other to keep max_parallel exact
+
+
+class Plan(TypedDict):
+    arrays: list[PlannedArray]
+    sidecar: str  # the sidecar's script
+    max_parallel: int | None
+
+
+class Query(TypedDict, total=False):
+    """The sidecar's scheduler queries: when the last one was asked, and its failures in a row."""
+
+    asked: float  # epoch seconds
+    failures: int
+    failing_since: str
+    error: str
+
+
+class EventsMark(TypedDict):
+    """What events.log holds (report.events_update): entries of the history, and its size."""
+
+    entries: int
+    bytes: int
+
+
 class State(TypedDict):
     schema: int
     experiment: str
@@ -128,15 +160,23 @@ class State(TypedDict):
     counts: dict[str, int]
     runs: dict[str, Run]
     history: list[Entry]
-    plan: NotRequired[dict[str, Any]]  # the planned arrays and sidecar script (plan.Plan.write)
-    query: NotRequired[dict[str, Any]]  # the sidecar's last scheduler query and its failures
-    events_log: NotRequired[dict[str, int]]  # what events.log holds (report.events_update)
+    plan: NotRequired[Plan]
+    query: NotRequired[Query]
+    events_log: NotRequired[EventsMark]
 
 
 class PlannedRun(Protocol):
     name: str
     index: int
     params: dict[str, Any]
+
+
+class ArraySpec(Protocol):
+    script: str
+    offset: int
+    count: int
+    spec: str
+    after_previous: bool
 
 
 # --------------------------------------------------------------------------- time
@@ -162,7 +202,8 @@ def epoch(text: str | None) -> float | None:
 
 # --------------------------------------------------------------------------- the records
 
-def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, scheduler: str) -> State:
+def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, scheduler: str,
+                   plan: Plan | None = None) -> State:
     """The state of a planned experiment: every run PLANNED, nothing submitted."""
     when = now()
     state: State = {
@@ -172,7 +213,30 @@ def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, schedul
     }
     recount(state)
     log(state, "PLAN", name, Runs=len(state["runs"]), Directory=str(exp_dir))
+    if plan is not None:
+        state["plan"] = plan
     return state
+
+
+def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None) -> Plan:
+    return {"arrays": [{"script": a.script, "offset": a.offset, "count": a.count, "spec": a.spec,
+                        "after_previous": a.after_previous} for a in arrays],
+            "sidecar": sidecar, "max_parallel": max_parallel}
+
+
+def query_of(state: State) -> Query:
+    """The state's record of the sidecar's scheduler queries (created empty)."""
+    return state.setdefault("query", {})
+
+
+def events_mark(state: State) -> EventsMark:
+    """The state's record of what events.log holds (created as "nothing yet")."""
+    return state.setdefault("events_log", {"entries": 0, "bytes": 0})
+
+
+def new_log_cursor(path: str) -> dict[str, Any]:
+    """Where the sidecar is in a log (logwatch.scan moves it on)."""
+    return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None}
 
 
 def new_run(index: int, params: dict[str, Any]) -> Run:

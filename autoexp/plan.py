@@ -42,10 +42,6 @@ class ArrayPlan:
     spec: str  # the --array value, "0-7%4"
     after_previous: bool = False  # split arrays run one after the other to keep max_parallel exact
 
-    def to_json(self) -> dict:
-        return {"script": self.script, "offset": self.offset, "count": self.count, "spec": self.spec,
-                "after_previous": self.after_previous}
-
 
 @dataclass
 class Plan:
@@ -106,9 +102,8 @@ class Plan:
             for task in range(array.count):
                 (index_dir / str(task)).symlink_to(Path("..", "..", "runs", self.runs[array.offset + task].name))
         (root / "logs").mkdir()
-        st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler)
-        st["plan"] = {"arrays": [a.to_json() for a in self.arrays], "sidecar": "sidecar.sbatch",
-                      "max_parallel": self.config.get("max_parallel")}
+        plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"))
+        st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
         statefile.write(root, st)
 
     def submissions_text(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .jobstates import PROBLEM
-from .model import Entry, Run, State, counts_text
+from .model import Entry, Run, State, counts_text, events_mark
 
 
 def human_time(iso: str | None) -> str:
@@ -123,7 +123,7 @@ def events_update(file: Path, state: State) -> tuple[str, bool]:
     crash in between shows up as a size mismatch next time (and the file is rebuilt).
     """
     history = state["history"]
-    mark = state.setdefault("events_log", {"entries": 0, "bytes": 0})
+    mark = events_mark(state)
     try:
         size = os.path.getsize(file)
     except FileNotFoundError:

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 import autoexp
-from autoexp import backends, sidecar, slurm, statefile
+from autoexp import backends, model, sidecar, slurm, statefile
 from autoexp.sidecar import logwatch
 
 EVENTS = [{"name": "nan_loss", "pattern": r"loss[=:]\s*nan", "action": "log"},
@@ -165,7 +165,7 @@ def log_matching(directory: Path, total_mb: int) -> None:
     start = time.perf_counter()
     events = 0
     for path in paths:
-        events += len(logwatch.scan(logwatch.new_cursor(path), rules, final=True).events)
+        events += len(logwatch.scan(model.new_log_cursor(path), rules, final=True).events)
     ours = time.perf_counter() - start
     print(f"\nlog matching, {size:.0f} MB in {len(paths)} logs, {len(EVENTS)} events + {len(METRICS)} metric "
           f"({events} events found):")

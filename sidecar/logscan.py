@@ -36,7 +36,7 @@ class LogScan(Work):
             return
         if cursor is None or cursor.get("attempt") != current["attempt"]:
             same_file = cursor is not None and cursor.get("path") == log  # a Slurm requeue appends
-            cursor = dict(cursor) if cursor is not None and same_file else logwatch.new_cursor(log)
+            cursor = dict(cursor) if cursor is not None and same_file else model.new_log_cursor(log)
             cursor.update(attempt=current["attempt"], final=False, stalled=False, grown=self.when, counts={},
                           metric_n={})
             run["log_cursor"] = cursor
@@ -66,7 +66,7 @@ class LogScan(Work):
         if found.restarted:
             model.log(self.st, "LOG_RESET", name, self.when, Log=os.path.relpath(cursor["path"], self.exp_dir),
                       Reason=f"the log was {found.restarted}; reading it again from the start")
-        run.setdefault("metrics", {}).update(found.metrics)
+        run["metrics"].update(found.metrics)
         for match in found.events:
             self._event(name, run, cursor, match.rule.name, match.groups, match.rule.action)
 

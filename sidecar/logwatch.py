@@ -80,10 +80,6 @@ class Scan:
 Sink = Callable[[str, int, Any, Any], None]
 
 
-def new_cursor(path: str) -> dict:
-    return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None, "metric_n": {}}
-
-
 def scan(cursor: dict, rules: Rules, final: bool = False, sink: Sink | None = None) -> Scan:
     """Match the bytes ``cursor["path"]`` gained since the cursor; advance the cursor (in place).
 

@@ -28,7 +28,7 @@ class Poll(Records, LogScan, Policy):
 
     def note_query(self) -> None:
         """Record a failed or recovered scheduler query in the state and the event log."""
-        query = self.st.setdefault("query", {})
+        query = model.query_of(self.st)
         result = self.result
         if result.query_error:
             query["failures"] = query.get("failures", 0) + 1
@@ -41,8 +41,9 @@ class Poll(Records, LogScan, Policy):
             model.log(self.st, "SCHEDULER_OK", self.sched.name, self.when,
                       Result=f"answering again after {query['failures']} failed queries since "
                              f"{report.human_time(query.get('failing_since'))}")
-            for key in ("failures", "failing_since", "error"):
-                query.pop(key, None)
+            query.pop("failures", None)
+            query.pop("failing_since", None)
+            query.pop("error", None)
         result.failures = query.get("failures", 0)
 
     def status_check(self) -> None:
@@ -86,7 +87,7 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
         if lease is not None and not holds(st, lease):
             raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
         work = Poll(exp_dir, st, sched, settings, result)
-        if records is not None and asked_at >= (st.get("query") or {}).get("asked", 0):
+        if records is not None and asked_at >= model.query_of(st).get("asked", 0):
             work.apply(records, asked_at)
         work.note_query()
         work.scan_logs()

@@ -40,7 +40,7 @@ class Records(Work):
         for allocations in explicit.values():
             allocations.sort(key=lambda r: r.submitted or "~")  # stable: sacct lists them in order
         self.result.records = len(records)
-        self.st.setdefault("query", {})["asked"] = asked_at
+        model.query_of(self.st)["asked"] = asked_at
         sidecar = self.st.get("sidecar") or {}
         if explicit.get(str(sidecar.get("job_id"))):
             sidecar["state"] = explicit[str(sidecar["job_id"])][-1].state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
-from autoexp import history
+from autoexp import history, model
 from autoexp.sidecar import logwatch
 
 RULES = logwatch.Rules.from_monitor({"metrics": {
@@ -28,7 +28,7 @@ def record(exp, log_cursor, attempt=1, final=False):
 def test_every_value_with_its_step_and_per_attempt(tmp_path):
     log = tmp_path / "r0.out"
     write_log(log, ["step 1 loss: 2.5", "noise", "acc 0.5", "step 2 loss=2.0", "step 3 loss: nan", "acc 0.7"])
-    cursor = logwatch.new_cursor(str(log))
+    cursor = model.new_log_cursor(str(log))
     found = record(tmp_path, cursor)
     assert found.metrics == {"loss": "nan", "acc": 0.7}  # the last value, as status shows it
     write_log(log, ["step 4 loss: 1.5"])
@@ -38,7 +38,7 @@ def test_every_value_with_its_step_and_per_attempt(tmp_path):
     # a second attempt's values are a series of their own
     log2 = tmp_path / "r0-2.out"
     write_log(log2, ["step 1 loss: 3.0"])
-    record(tmp_path, logwatch.new_cursor(str(log2)), attempt=2)
+    record(tmp_path, model.new_log_cursor(str(log2)), attempt=2)
     assert history.series(tmp_path, "r0")["loss"] == {1: [[1, 2.5], [2, 2.0], [4, 1.5]], 2: [[1, 3.0]]}
     rows = list(history.rows(tmp_path, ["r0"]))
     assert rows[0] == {"run": "r0", "attempt": 1, "metric": "acc", "step": 1, "value": 0.5}
@@ -50,7 +50,7 @@ def test_lines_read_again_after_a_crash_are_not_recorded_twice(tmp_path):
     the next sidecar reads the same lines again from the older cursor."""
     log = tmp_path / "r0.out"
     write_log(log, [f"step {i} loss: {1 / i}" for i in range(1, 51)])
-    cursor = logwatch.new_cursor(str(log))
+    cursor = model.new_log_cursor(str(log))
     record(tmp_path, cursor)
     saved_in_state = copy.deepcopy(cursor)
     write_log(log, [f"step {i} loss: {1 / i}" for i in range(51, 101)])
@@ -71,7 +71,7 @@ def test_a_million_lines_stay_bounded_and_keep_their_shape(tmp_path):
     with open(log, "w") as fh:
         for start in range(1, n + 1, 100_000):
             fh.write("".join(f"step {i} loss: {loss(i):.6f}\n" for i in range(start, start + 100_000)))
-    cursor = logwatch.new_cursor(str(log))
+    cursor = model.new_log_cursor(str(log))
     record(tmp_path, cursor, final=True)
     points = history.series(tmp_path, "r0")["loss"][1]
     assert history.CAP <= len(points) < 2 * history.CAP

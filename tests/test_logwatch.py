@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from autoexp import model
 from autoexp.sidecar import logwatch
 
 RULES = logwatch.Rules.from_monitor({
@@ -20,7 +21,7 @@ def events(found):
 def test_reads_only_what_was_added(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("step 1 loss: 2.5\nsaved checkpoint /ck/1\n")
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     first = logwatch.scan(cursor, RULES)
     assert events(first) == [("checkpoint", {"path": "/ck/1"})]
     assert first.metrics == {"loss": 2.5, "step": 1}
@@ -36,7 +37,7 @@ def test_reads_only_what_was_added(tmp_path):
 def test_a_line_split_across_two_polls_is_matched_once_whole(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("saved checkpoint /ck/e")
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     assert logwatch.scan(cursor, RULES).events == []  # no newline yet: not a line
     assert cursor["offset"] == 0
     with open(log, "a") as fh:
@@ -52,7 +53,7 @@ def test_a_line_split_across_two_polls_is_matched_once_whole(tmp_path):
 def test_final_scan_takes_a_last_line_without_newline(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("loss: 0.1\nsaved checkpoint /ck/last")
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     assert logwatch.scan(cursor, RULES).events == []
     assert events(logwatch.scan(cursor, RULES, final=True)) == [("checkpoint", {"path": "/ck/last"})]
 
@@ -60,7 +61,7 @@ def test_final_scan_takes_a_last_line_without_newline(tmp_path):
 def test_truncated_log_is_read_again_from_the_top(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("saved checkpoint /ck/1\n" + "x" * 100 + "\n")
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     logwatch.scan(cursor, RULES)
     log.write_text("saved checkpoint /ck/again\n")  # O_TRUNC, same inode, shorter
     found = logwatch.scan(cursor, RULES)
@@ -71,7 +72,7 @@ def test_truncated_log_is_read_again_from_the_top(tmp_path):
 def test_log_rewritten_in_place_longer_is_noticed(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("loss: 1.0\n")
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     logwatch.scan(cursor, RULES)
     log.write_text("saved checkpoint /ck/9\nloss: 3.0\nmore text here\n")  # same inode, longer
     found = logwatch.scan(cursor, RULES)
@@ -82,7 +83,7 @@ def test_log_rewritten_in_place_longer_is_noticed(tmp_path):
 def test_replaced_log_is_a_new_file(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("loss: 1.0\n" * 50)
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     logwatch.scan(cursor, RULES)
     new = tmp_path / "new.out"
     new.write_text("loss: 1.0\n" * 60 + "saved checkpoint /ck/new\n")
@@ -93,7 +94,7 @@ def test_replaced_log_is_a_new_file(tmp_path):
 
 
 def test_missing_log_is_not_an_error(tmp_path):
-    cursor = logwatch.new_cursor(tmp_path / "not-yet.out")
+    cursor = model.new_log_cursor(tmp_path / "not-yet.out")
     found = logwatch.scan(cursor, RULES, final=True)
     assert found.events == [] and not found.grew and cursor["offset"] == 0
 
@@ -101,14 +102,14 @@ def test_missing_log_is_not_an_error(tmp_path):
 def test_a_match_across_two_lines_does_not_count(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("loss:\nnan\nloss: 3\n")
-    found = logwatch.scan(logwatch.new_cursor(log), RULES)
+    found = logwatch.scan(model.new_log_cursor(log), RULES)
     assert found.events == [] and found.metrics["loss"] == 3
 
 
 def test_progress_bar_carriage_returns_and_long_partial_lines(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("10%|#   | loss=0.9\r50%|##  | loss=nan\r")
-    cursor = logwatch.new_cursor(log)
+    cursor = model.new_log_cursor(log)
     found = logwatch.scan(cursor, RULES)
     assert events(found) == [("nan_loss", {})]
     with open(log, "a") as fh:
@@ -119,13 +120,13 @@ def test_progress_bar_carriage_returns_and_long_partial_lines(tmp_path):
 def test_metric_last_value_found_far_from_the_end(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("loss: 7.5\n" + "noise line\n" * 50_000)
-    assert logwatch.scan(logwatch.new_cursor(log), RULES).metrics["loss"] == 7.5
+    assert logwatch.scan(model.new_log_cursor(log), RULES).metrics["loss"] == 7.5
 
 
 def test_every_event_in_file_order(tmp_path):
     log = tmp_path / "run.out"
     log.write_text("saved checkpoint /a\nloss: nan\nsaved checkpoint /b\n")
-    found = logwatch.scan(logwatch.new_cursor(log), RULES)
+    found = logwatch.scan(model.new_log_cursor(log), RULES)
     assert events(found) == [("checkpoint", {"path": "/a"}), ("nan_loss", {}), ("checkpoint", {"path": "/b"})]
 
 
@@ -134,6 +135,6 @@ def test_chunks_larger_than_one_read(tmp_path, monkeypatch):
     log = tmp_path / "run.out"
     lines = [f"step {i} loss: {i / 10}" for i in range(200)] + ["saved checkpoint /ck/x"]
     log.write_text("\n".join(lines) + "\n")
-    found = logwatch.scan(logwatch.new_cursor(log), RULES)
+    found = logwatch.scan(model.new_log_cursor(log), RULES)
     assert events(found) == [("checkpoint", {"path": "/ck/x"})]
     assert found.metrics == {"loss": 19.9, "step": 199}
