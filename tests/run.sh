@@ -34,6 +34,9 @@ echo "== install autoexp into $venv"
 export PIP_CONSTRAINT="$repo/tests/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 artifacts=${AUTOEXP_ARTIFACTS:-/tmp/autoexp-artifacts}  # what the tests keep to be looked at (screenshots)
 mkdir -p "$artifacts" && chown "$test_user:" "$artifacts"
+# setuptools' build/ keeps the files of earlier builds (a module since renamed would be installed
+# again): every install here starts from none.
+rm -rf "$repo/build"
 "$venv/bin/python" -m pip install -q pip >/dev/null
 "$venv/bin/python" -m pip install -q "$repo[test,report]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$repo"
