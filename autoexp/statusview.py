@@ -10,7 +10,7 @@ The JSON document is the state as written by the sidecar with two keys added:
 
 ``health``    ``{"sidecar": "alive" | "starting" | "stale" | "finished" | "not_launched",
               "job_id", "host", "heartbeat", "stopped", "age_s", "interval_s", "stale_after_s",
-              "fix"}``: stale means no heartbeat for three polling intervals (or a sidecar that
+              "fix"}``: stale means no heartbeat for three polling intervals and 10 s (or a sidecar that
               stopped before the end), and ``fix`` is then the command that repairs it;
 ``progress``  ``{"runs", "finished", "failed", "cancelled", "active"}`` from the state's counts.
 """
