@@ -5,7 +5,8 @@ status` reads 10,000 runs in a fraction of a second, and every writer's change i
 in the file. Each kind of record is built here and nowhere else: an experiment (:func:`new_experiment`),
 a run, an attempt (one allocation of a run: :func:`new_attempt`, :func:`requeued_attempt`), whose
 latest one a run always mirrors (:func:`show_latest`), the sidecar's lease, a history entry
-(:func:`log`) and a log event.
+(:func:`log`), a log event, and the bookkeeping of the plan, the scheduler queries, events.log
+and the log cursors.
 
 The lease rule lives here too (:func:`lease_fresh`): `status`, `resume` and the sidecar all ask it.
 """
@@ -250,9 +251,9 @@ def task_log(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
     return str(Path(exp_dir) / "runs" / run_name / f"slurm-{array_job}_{task}.out")
 
 
-def new_attempt(number: int, job_id: str, submitted: str | None, log: str,
-                state: str = "PENDING") -> Attempt:
-    return {"attempt": number, "job_id": job_id, "state": state, "submitted": submitted, "started": None,
+def new_attempt(number: int, job_id: str, submitted: str | None, log: str) -> Attempt:
+    """A submitted allocation: waiting until accounting says otherwise."""
+    return {"attempt": number, "job_id": job_id, "state": "PENDING", "submitted": submitted, "started": None,
             "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None, "log": log}
 
 

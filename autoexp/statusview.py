@@ -11,9 +11,9 @@ The JSON document is the state as written by the sidecar with two keys added:
 ``health``    ``{"sidecar": "alive" | "starting" | "stale" | "finished" | "not_launched",
               "job_id", "host", "heartbeat", "stopped", "age_s", "interval_s", "stale_after_s",
               "fix", "log", "last_error"}``: stale means no heartbeat for three polling intervals
-              (or a sidecar that stopped before the end), and ``fix`` is then the command that
-              repairs it; ``log`` is the stale sidecar's log and ``last_error`` its last line when
-              that line reports an error (a sidecar that crashed says why);
+              and 10 s (or a sidecar that stopped before the end), and ``fix`` is then the command
+              that repairs it; ``log`` is the stale sidecar's log and ``last_error`` its last line
+              when that line reports an error (a sidecar that crashed says why);
 ``progress``  ``{"runs", "finished", "failed", "cancelled", "active"}`` from the state's counts.
 """
 

@@ -7,11 +7,12 @@ real thing end to end).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from autoexp import model, sidecar
+from autoexp import model, sidecar, statusview
 from autoexp.scheduler import Scheduler
 from autoexp.sidecar import policy, records
 from autoexp.slurm import parse_sacct
@@ -163,3 +164,15 @@ def test_lease(tmp_path):
     st["sidecar"]["stopped"] = model.iso(now)
     assert not sidecar.alive(st, now=now)
     assert sidecar.holds({"sidecar": {"job_id": "99"}}, "99") and not sidecar.holds(st, "99")
+
+
+def test_status_and_the_sidecar_agree_on_whether_the_sidecar_is_alive(tmp_path):
+    """One liveness rule (model.lease_fresh): they used to disagree for intervals under 3.3 s."""
+    st = experiment(tmp_path, {"74": 1})
+    now = time.time()
+    for interval in (1, 2, 60):
+        for age in (2, 5, 9, 11, 40, 150, 200):
+            st["sidecar"] = {"job_id": "99", "heartbeat": model.iso(now - age), "interval": interval,
+                             "host": "elsewhere", "pid": 1}
+            health = statusview.health(st, tmp_path, dt.datetime.fromtimestamp(now, dt.timezone.utc))
+            assert (health["sidecar"] == "alive") == sidecar.alive(st, now=now), (interval, age)
