@@ -38,8 +38,14 @@ def slurm_problem() -> str | None:
 
 @pytest.fixture(scope="session")
 def slurm():
-    """Use in every test that talks to Slurm; makes sure the cluster answers."""
+    """Use in every test that talks to Slurm; makes sure the cluster answers (a controller busy for
+    a moment is waited for, up to a minute, when the cluster is required)."""
     problem = slurm_problem()
+    deadline = time.monotonic() + 60
+    while problem and shutil.which("sbatch") and os.environ.get("AUTOEXP_REQUIRE_SLURM") == "1" \
+            and time.monotonic() < deadline:
+        time.sleep(5)
+        problem = slurm_problem()
     if problem:
         if os.environ.get("AUTOEXP_REQUIRE_SLURM") == "1":
             pytest.fail(f"the Slurm test cluster is required but unusable: {problem}", pytrace=False)
