@@ -106,7 +106,8 @@ def summary(state: State) -> str:
         for run_state, entries in by_state.items():
             mark = "✓" if run_state == "COMPLETED" else "✗"
             lines += [f"{mark} {run_state}: {len(entries)} runs", *entries, ""]
-        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out`; events in `events.log`.")
+        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out`; events in `events.log`; "
+                     "curves, parameters and a timeline in `report.html`.")
     return "\n".join(lines) + "\n"
 
 

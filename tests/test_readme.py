@@ -82,7 +82,8 @@ def launch_quickstart_and_wait(newcomer: Newcomer, command: str) -> dict:
     wait_for(lambda: [r for r in sacct_rows([sidecar_job]) if r[1] == "COMPLETED"], timeout=120,
              what=f"sidecar job {sidecar_job} COMPLETED in sacct")
     summary = (exp / "experiment_summary.md").read_text()
-    assert "8 COMPLETED" in summary or "COMPLETED: 8" in summary or summary.count("COMPLETED") >= 8, summary
+    assert "8 runs: 8 COMPLETED." in summary and "## Final status" in summary, summary
+    assert "✓ COMPLETED: 8 runs" in summary, summary
     events = (exp / "events.log").read_text()
     assert "ALL_COMPLETE" in events and "SIDECAR_STOP" in events
     # `python -m autoexp` from the clone's root imports the checkout: it must be whole.
