@@ -32,6 +32,7 @@ def score(lr, rank, tag):
             "cwd": os.getcwd()}
 
 
+@pytest.mark.core
 @pytest.mark.usefixtures("slurm")
 def test_a_map_over_six_points_is_one_array_plus_the_sidecar(workdir, cleanup):
     path = config(workdir, "fmap", sweep={"grid": {"lr": [1.0e-3, 1.0e-2, 0.1], "rank": [8, 16], "tag": ["x"]}})
@@ -73,6 +74,7 @@ def flaky(x):
     return x * 10
 
 
+@pytest.mark.core
 @pytest.mark.usefixtures("slurm")
 def test_an_exception_is_readable_and_a_retry_runs_the_call_again(workdir, cleanup):
     launched = autoexp.launch_function(flaky, config(workdir, "flaky", sweep={"list": [{"x": 3}]}))
@@ -117,6 +119,7 @@ class Steps(submitit.helpers.Checkpointable):
 
 
 @pytest.mark.slow
+@pytest.mark.core
 @pytest.mark.usefixtures("slurm")
 def test_a_checkpointable_outlives_its_time_limit_in_several_allocations(workdir, cleanup):
     path = config(workdir, "ckpt", slurm={"time": "00:01:00"}, requeue={"signal": "USR2", "before": 10},

@@ -14,7 +14,7 @@ import autoexp
 from autoexp import slurm
 from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, write_config
 
-pytestmark = pytest.mark.usefixtures("slurm")
+pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.core]
 
 
 def test_quickstart_is_one_array_plus_the_sidecar(workdir, cleanup):
