@@ -15,8 +15,12 @@ CLUSTER24_ENV=(
     "AUTOEXP_EXTRA_PACKAGES=python3 python3-venv sudo hostname"
 )
 
-# in_root CMD...: run CMD as root inside the root, with a clean environment plus the settings above.
+# in_root CMD...: run CMD as root inside the root, with a clean environment plus the settings
+# above and this host's proxy and pip settings.
 in_root() {
+    local net=()
+    # (not PIP_FIND_LINKS: a directory of this host means nothing inside)
+    mapfile -t net < <(env | grep -E '^(PIP_[A-Z_]+|https?_proxy|HTTPS?_PROXY|no_proxy|NO_PROXY)=' | grep -v '^PIP_FIND_LINKS=' || true)
     chroot "$ROOT24" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "${CLUSTER24_ENV[@]}" "$@"
+        HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "${net[@]}" "${CLUSTER24_ENV[@]}" "$@"
 }

@@ -28,7 +28,10 @@ if [[ ! -x $ROOT24/usr/bin/apt-get ]]; then
     mv "$partial" "$ROOT24"
 fi
 [[ -s $ROOT24/etc/hosts ]] || printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' >"$ROOT24/etc/hosts"
-cp /etc/resolv.conf "$ROOT24/etc/resolv.conf"  # apt-get and pip inside reach the network as this host does
+# apt-get and pip inside reach the network as this host does: same resolver, trusted CAs, pip.conf
+for f in /etc/resolv.conf /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
+    [[ -r $f ]] && install -D -m 0644 "$f" "$ROOT24$f"
+done
 
 # 2. mounts (each only when not mounted yet)
 mount_in() {  # mount_in DIR MOUNT-ARGS...: mount onto $ROOT24/DIR

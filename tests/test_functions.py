@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -84,7 +85,9 @@ def test_an_exception_is_readable_and_a_retry_runs_the_call_again(workdir, clean
     assert run["state"] == "FAILED" and run["error"] == "ValueError: x=3 fails on its first attempt"
     failed = autoexp.results(launched.exp_dir)[name]
     assert isinstance(failed, autoexp.RunFailed) and "ValueError: x=3 fails" in str(failed)
-    assert 'raise ValueError(f"x={x} fails on its first attempt")' in failed.traceback
+    # the frame of the call itself; its source line only with older cloudpickle (3.1.3 names the code
+    # of a function pickled by value "<dynamic-code>", so no file to quote from)
+    assert re.search(r'line \d+, in flaky\n(?: .*\n)*ValueError: x=3 fails', failed.traceback)
 
     retried = autoexp.retry(launched.exp_dir, failed=True)
     assert retried["runs"] == [name]
