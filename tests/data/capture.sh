@@ -14,11 +14,16 @@ jobs=()
 since=$(date -u +%Y-%m-%dT%H:%M:%S)
 
 # exactly what autoexp.slurm.SlurmScheduler.query runs
-sacct_to() {  # sacct_to FILE JOBID... (extra sacct options before the ids with --)
-    local file=$1; shift
+sacct_rows() {  # sacct_rows JOBID...
     TZ=UTC SLURM_TIME_FORMAT=%Y-%m-%dT%H:%M:%S sacct --noheader --parsable2 --duplicates "${opts[@]}" \
         --format=JobID,JobIDRaw,State,Submit,Start,End,ElapsedRaw,ExitCode,NodeList \
-        --jobs="$(IFS=,; echo "$*")" --starttime="$since" >"$out/$file"
+        --jobs="$(IFS=,; echo "$*")" --starttime="$since"
+}
+has_rows() { (( $(sacct_rows "${@:2}" | wc -l) >= $1 )); }  # has_rows N JOBID...
+sacct_to() {  # sacct_to FILE MIN_ROWS JOBID...: once sacct (a few seconds behind) has MIN_ROWS rows
+    local file=$1 min=$2; shift 2
+    wait_until 30 has_rows "$min" "$@"
+    sacct_rows "$@" >"$out/$file"
     echo "wrote $file"
 }
 opts=(--allocations)
@@ -38,25 +43,26 @@ sleep "${NAP:-25}"
 TASK
 
 # 1. pending range, then requeue + cancel, then the requeued task running
-a=$(submit --array=0-11%3 --time=00:05:00 task.sh)
+# (arrays a, b and job c on node1: the node failure of step 4 is on node2)
+a=$(submit --array=0-11%3 --nodelist=node1 --time=00:05:00 task.sh)
 wait_until 60 running 2 "$a"
 sleep 1
-sacct_to sacct_pending_range.txt "$a"
+sacct_to sacct_pending_range.txt 3 "$a"
 wait_until 60 task_running "${a}_2"
 scontrol requeue "${a}_2"
 scancel "${a}_3"
 sleep 2
-sacct_to sacct_requeue_cancel.txt "$a"
+sacct_to sacct_requeue_cancel.txt 5 "$a"
 
 # 2. pending tasks cancelled, then a time limit
-b=$(submit --array=0-5%2 --time=00:01:00 --wrap 'sleep 300')
+b=$(submit --array=0-5%2 --nodelist=node1 --time=00:01:00 --wrap 'sleep 300')
 wait_until 60 running 2 "$b"
 scancel "${b}_4" "${b}_5"
 sleep 2
-sacct_to sacct_range_overlap.txt "$b"
+sacct_to sacct_range_overlap.txt 3 "$b"
 
 # 3. squeue: the end time autoexp reads (TZ=UTC, SLURM_TIME_FORMAT) with and without a time limit
-c=$(submit --wrap 'sleep 300')
+c=$(submit --nodelist=node1 --wrap 'sleep 300')
 wait_until 60 running 1 "$c"
 TZ=UTC SLURM_TIME_FORMAT=%Y-%m-%dT%H:%M:%S squeue --noheader --jobs="$b,$c" --format='%i|%T|%l|%e' >"$out/squeue_end_time.txt"
 squeue --jobs="$a,$b,$c" >"$out/squeue_default.txt"
@@ -74,16 +80,16 @@ if [ "$node_fail" = --node-fail ]; then
     sleep 3
     sudo -n /usr/bin/scontrol update nodename=node2 state=resume
     sleep 6
-    sacct_to sacct_node_fail.txt "$n1" "$n2"
+    sacct_to sacct_node_fail.txt 6 "$n1" "$n2"
 fi
 
 wait_until 200 ended "$b"
-sacct_to sacct_timeout_vanished.txt "$b"
+sacct_to sacct_timeout_vanished.txt 4 "$b"
 wait_until 200 ended "$a"
-sacct_to sacct_requeue_done.txt "$a"
+sacct_to sacct_requeue_done.txt 12 "$a"
 if [ "$node_fail" = --node-fail ]; then
     wait_until 200 ended "$n1"
-    sacct_to sacct_node_fail_requeued_done.txt "$n1" "$n2"
+    sacct_to sacct_node_fail_requeued_done.txt 6 "$n1" "$n2"
 fi
 opts=()  # the steps too (.batch, .extern)
-sacct_to sacct_steps.txt "$a" "$b"
+sacct_to sacct_steps.txt 16 "$a" "$b"
