@@ -94,7 +94,7 @@ V24 = "slurm-24.11/"
 def test_24_11_collapsed_range_still_holds_a_task_that_has_started():
     recs = by_id(records(V24 + "sacct_pending_range.txt"))
     assert sorted(recs, key=lambda j: int(j.split("_")[1])) == [f"558_{t}" for t in range(12)]
-    # unlike 22.05's capture right after submission, task 3 is both running and in the pending range
+    # the collapsed row lags (as on 22.05): task 3 is both running and still in the pending range
     assert [(r.state, r.collapsed) for r in recs["558_3"]] == [("RUNNING", False), ("PENDING", True)]
     failed = recs["558_1"][0]
     assert (failed.state, failed.exit_code, failed.elapsed_s) == ("FAILED", "3:0", 1)
