@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (the variables are for the scripts that source this)
 # Where the Slurm 24.11 test cluster lives and how to run a command in it (sourced by setup-24.sh,
 # stop-24.sh, in-24.sh and tests/run-24.sh). It is a Debian 13 (trixie) root, in which
 # cluster/setup.sh runs with these settings: nothing may clash with the 22.05 cluster that

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by the cluster scripts (sourced, not run). Set LOG_TAG before sourcing to
 # name the script in messages; T0 (the start time) is set here.
 T0=$(date +%s)

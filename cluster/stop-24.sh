@@ -6,6 +6,7 @@
 #   --unmount  --all, then unmount /proc, /sys and /dev from the root
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034  # read by lib.sh
 LOG_TAG=cluster-24
 # shellcheck source=lib.sh
 source "$SCRIPT_DIR/lib.sh"
