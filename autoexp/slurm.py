@@ -108,11 +108,7 @@ class SlurmScheduler(Scheduler):
         return cluster_config().get("JobRequeue", "1") == "1"
 
     def end_time(self, job_id: str) -> dt.datetime | None:
-        out = run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%e"], env=utc_env()).stdout.strip()
-        try:
-            return dt.datetime.strptime(out, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
-        except ValueError:  # NONE (no limit), or the job is gone
-            return None
+        return parse_end_time(run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%e"], env=utc_env()).stdout)
 
     def mute_mail(self, job_id: str) -> None:
         run(["scontrol", "update", f"jobid={job_id}", "MailType=NONE"])
@@ -121,8 +117,22 @@ class SlurmScheduler(Scheduler):
 @lru_cache(maxsize=1)
 def cluster_config() -> dict[str, str]:
     """``scontrol show config`` as a dict (read once per process)."""
-    out = run(["scontrol", "show", "config"]).stdout
-    return dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", out, re.M))
+    return parse_config(run(["scontrol", "show", "config"]).stdout)
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """The ``Key = value`` lines of ``scontrol show config``; headers and blank lines are skipped.
+    A value may be empty (``PowerPlugin = `` in 22.05): no match may run on into the next line."""
+    return dict(re.findall(r"^(\w+)[ \t]*=[ \t]*(.*?)[ \t]*$", text, re.M))
+
+
+def parse_end_time(text: str) -> dt.datetime | None:
+    """A job's end time as ``squeue --format=%e`` prints it in :func:`utc_env`; None for ``N/A``
+    (pending), ``NONE`` or no line (the job is gone)."""
+    try:
+        return dt.datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
 
 
 def cluster_max_array_size() -> int:

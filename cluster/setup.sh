@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install and start a single-host Slurm 22.05 test cluster with slurmdbd
-# accounting (Debian 12, run as root, no systemd needed).
+# Install and start a single-host Slurm test cluster with slurmdbd accounting
+# (Debian's packages: 22.05 on Debian 12 here, 24.11 on Debian 13 in the
+# chroot of setup-24.sh; run as root, no systemd needed).
 #
 # Idempotent: when everything is already up this only checks and exits
 # quickly; daemons that are dead (e.g. after a reboot) are restarted; when
@@ -15,6 +16,10 @@
 #   AUTOEXP_TEST_USER      unprivileged test user   (default autoexp-test)
 #   AUTOEXP_EXTRA_USERS    space separated extra local users to add to sacctmgr
 #   AUTOEXP_WAIT           seconds to wait for each daemon (default 60)
+#   AUTOEXP_EXTRA_PACKAGES space separated further Debian packages to install
+# and, for a second cluster on the same host (setup-24.sh), the ports:
+#   AUTOEXP_SLURMCTLD_PORT (6817)  AUTOEXP_SLURMDBD_PORT (6819)
+#   AUTOEXP_SLURMD_PORTS ("17001 17002")  AUTOEXP_MYSQL_PORT (3306)
 set -euo pipefail
 
 CLUSTER_NAME=${AUTOEXP_CLUSTER_NAME:-autoexp-local}
@@ -26,7 +31,10 @@ ACCOUNT=autoexp
 # the one Slurm bills, whatever SBATCH_ACCOUNT says.
 OTHER_ACCOUNT=autoexp-other
 NODES=(node1 node2)
-NODE_PORTS=(17001 17002)
+read -r -a NODE_PORTS <<<"${AUTOEXP_SLURMD_PORTS:-17001 17002}"
+CTLD_PORT=${AUTOEXP_SLURMCTLD_PORT:-6817}
+DBD_PORT=${AUTOEXP_SLURMDBD_PORT:-6819}
+MYSQL_PORT=${AUTOEXP_MYSQL_PORT:-3306}
 NODE_CPUS=8
 NODE_MEM=16000
 NODELIST="node[1-2]"
@@ -39,84 +47,19 @@ RUNDIR=/run/slurm
 DB_NAME=slurm_acct_db
 DB_USER=slurm
 MYSQL_LOG=/var/log/mysql/error.log
-PACKAGES=(slurm-wlm slurmdbd munge mariadb-server)
+read -r -a EXTRA_PACKAGES <<<"${AUTOEXP_EXTRA_PACKAGES:-}"
+PACKAGES=(slurm-wlm slurmdbd munge mariadb-server "${EXTRA_PACKAGES[@]}")
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-T0=$(date +%s)
-
-say()  { printf '[cluster %3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
-die()  { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
-show_log() {  # show_log FILE...: print the tail of log files to stderr
-    local f
-    for f in "$@"; do
-        if [[ -s $f ]]; then
-            printf -- '----- tail of %s -----\n' "$f" >&2
-            tail -n 25 "$f" >&2
-        fi
-    done
-}
-fail() {  # fail MESSAGE LOGFILE...
-    local msg=$1; shift
-    show_log "$@"
-    die "$msg"
-}
-# wait_for SECONDS CMD...: poll CMD (quietly) every 0.5s until it succeeds.
-wait_for() {
-    local secs=$1; shift
-    local end=$(( $(date +%s) + secs ))
-    while :; do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        (( $(date +%s) >= end )) && return 1
-        sleep 0.5
-    done
-}
-# Is the process recorded in PIDFILE alive and called COMM?
-pid_alive() {
-    local pidfile=$1 comm=$2 pid
-    [[ -r $pidfile ]] || return 1
-    pid=$(<"$pidfile")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm && $(<"/proc/$pid/comm") == "$comm" ]] || return 1
-    # a zombie (not yet reaped, e.g. when PID 1 is no real init) is dead
-    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
-}
-# Start a daemon fully detached from this script (no inherited stdio, own
-# session) so callers capturing our output never hang on it.
-detach() {  # detach OUTFILE CMD...
-    local out=$1; shift
-    setsid "$@" </dev/null >>"$out" 2>&1 &
-    disown "$!" 2>/dev/null || true
-}
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 [[ $EUID -eq 0 ]] || die "must be run as root"
 
 # --------------------------------------------------------------------------
 # 1. packages
 # --------------------------------------------------------------------------
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    say "installing packages: ${missing[*]}"
-    # keep package maintainer scripts from starting services themselves
-    policy_created=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        policy_created=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    aptlog=/tmp/autoexp-cluster-apt.log
-    if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$aptlog" 2>&1; then
-        ((policy_created)) && rm -f /usr/sbin/policy-rc.d
-        fail "apt-get install failed" "$aptlog"
-    fi
-    ((policy_created)) && rm -f /usr/sbin/policy-rc.d
-    say "packages installed"
-else
-    say "packages already installed"
-fi
+install_packages "${PACKAGES[@]}"
 
 HOST=$(hostname -s)
 [[ -n $HOST ]] || die "hostname -s returned nothing"
@@ -176,19 +119,20 @@ if [[ ! -d /var/lib/mysql/mysql ]]; then
         || fail "mariadb-install-db failed" /var/log/mysql/install-db.log
 fi
 # settings recommended by the slurmdbd documentation (only applied at start)
-cat >/etc/mysql/mariadb.conf.d/90-autoexp-slurm.cnf <<'EOF'
+cat >/etc/mysql/mariadb.conf.d/90-autoexp-slurm.cnf <<EOF
 # written by autoexp cluster/setup.sh
 [mysqld]
 innodb_buffer_pool_size=1024M
 innodb_log_file_size=64M
 innodb_lock_wait_timeout=900
+port=$MYSQL_PORT
 EOF
-mysql_ok() { mysqladmin --protocol=socket ping; }
+mysql_ok() { mariadb-admin --protocol=socket ping; }
 if mysql_ok >/dev/null 2>&1; then
     say "MariaDB already running"
 else
     say "starting MariaDB (mysqld_safe)"
-    detach /var/log/mysql/mysqld_safe.out mysqld_safe --skip-syslog --log-error="$MYSQL_LOG"
+    detach /var/log/mysql/mysqld_safe.out mariadbd-safe --skip-syslog --log-error="$MYSQL_LOG"
     wait_for "$WAIT" mysql_ok || fail "MariaDB did not come up" /var/log/mysql/mysqld_safe.out "$MYSQL_LOG"
 fi
 
@@ -200,7 +144,7 @@ fi
 if [[ -z $DB_PASS ]]; then
     DB_PASS=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
 fi
-mysql --protocol=socket <<EOF || die "could not create database $DB_NAME / user $DB_USER"
+mariadb --protocol=socket <<EOF || die "could not create database $DB_NAME / user $DB_USER"
 CREATE DATABASE IF NOT EXISTS $DB_NAME;
 CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
 ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
@@ -228,7 +172,7 @@ AuthType=auth/munge
 CredType=cred/munge
 # requeued jobs become eligible again after cred_expire+1 s (default 120)
 AuthInfo=cred_expire=10
-SlurmctldPort=6817
+SlurmctldPort=$CTLD_PORT
 MpiDefault=none
 SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
@@ -282,20 +226,22 @@ cat <<EOF
 PartitionName=debug Nodes=$NODELIST Default=YES MaxTime=INFINITE State=UP
 PartitionName=small Nodes=$NODELIST Default=NO MaxTime=INFINITE State=UP
 EOF
+# (the default port goes unsaid, so an existing 22.05 cluster's configuration stays the same)
+((DBD_PORT == 6819)) || echo "AccountingStoragePort=$DBD_PORT"
 } >"$tmpdir/slurm.conf"
 
 cat >"$tmpdir/slurmdbd.conf" <<EOF
 # Generated by autoexp cluster/setup.sh -- local changes are overwritten.
 AuthType=auth/munge
 DbdHost=localhost
-DbdPort=6819
+DbdPort=$DBD_PORT
 SlurmUser=root
 DebugLevel=info
 LogFile=$LOGDIR/slurmdbd.log
 PidFile=$RUNDIR/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=localhost
-StoragePort=3306
+StoragePort=$MYSQL_PORT
 StorageUser=$DB_USER
 StoragePass=$DB_PASS
 StorageLoc=$DB_NAME
@@ -312,6 +258,12 @@ install_conf() {  # install_conf SRC DEST MODE
 }
 install_conf "$tmpdir/slurm.conf" "$SLURM_CONF" 0644
 install_conf "$tmpdir/slurmdbd.conf" "$SLURMDBD_CONF" 0600
+# Slurm 23.11 and later set up cgroups in every slurmd, even with proctrack/linuxproc; where no
+# cgroup filesystem is mounted (a chroot, as in setup-24.sh) they are switched off.
+if ! mountpoint -q /sys/fs/cgroup; then
+    printf '# Generated by autoexp cluster/setup.sh: no cgroup filesystem here\nCgroupPlugin=disabled\n' >"$tmpdir/cgroup.conf"
+    install_conf "$tmpdir/cgroup.conf" "$SLURM_ETC/cgroup.conf" 0644
+fi
 
 if ((config_changed)); then
     if pid_alive "$RUNDIR/slurmctld.pid" slurmctld || pid_alive "$RUNDIR/slurmdbd.pid" slurmdbd \

@@ -65,9 +65,9 @@ done
 stop_group "slurmctld:$RUNDIR/slurmctld.pid:slurmctld" "slurmdbd:$RUNDIR/slurmdbd.pid:slurmdbd"
 
 if ((all)); then
-    if mysqladmin --protocol=socket ping >/dev/null 2>&1; then
+    if mariadb-admin --protocol=socket ping >/dev/null 2>&1; then
         say "stopping MariaDB"
-        mysqladmin --protocol=socket shutdown || true
+        mariadb-admin --protocol=socket shutdown || true
     fi
     stop_group "munged:/run/munge/munged.pid:munged"
 fi

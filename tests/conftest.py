@@ -36,6 +36,14 @@ def slurm_problem() -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses the ``slurm`` fixture ``slurm``, so ``-m "slurm and core"`` selects."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker("slurm")
+
+
 @pytest.fixture(scope="session")
 def slurm():
     """Use in every test that talks to Slurm; makes sure the cluster answers (a controller busy for

@@ -10,6 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exec sudo -E bash "$0" "$@"
 fi
 test_user=${AUTOEXP_TEST_USER:-autoexp-test}
+# tests/run-24.sh sets AUTOEXP_CORE_ONLY=1: the cluster-facing core on another Slurm, without the
+# lint, the browser, the README's clone and torch (which the core does not use).
+core_only=${AUTOEXP_CORE_ONLY:-0}
 venv=${AUTOEXP_VENV:-/opt/autoexp-test-venv}
 
 echo "== cluster"
@@ -19,10 +22,12 @@ echo "== sudo rule: $test_user may set test nodes down/up (the NODE_FAIL test)"
 # sudo (the NODE_FAIL test), git (the README test clones), GNU time (bench/status.py, run by it)
 # and a headless browser (the report is looked at in one).
 missing=()
-command -v chromium >/dev/null || missing+=(chromium)
 command -v sudo >/dev/null || missing+=(sudo)
-command -v git >/dev/null || missing+=(git)
-[ -x /usr/bin/time ] || missing+=(time)
+if [ "$core_only" != 1 ]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v git >/dev/null || missing+=(git)
+  [ -x /usr/bin/time ] || missing+=(time)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -40,13 +45,15 @@ rm -rf "$repo/build"
 "$venv/bin/python" -m pip install -q pip >/dev/null
 "$venv/bin/python" -m pip install -q "$repo[test,report]"
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$repo"
-# For the multi-node example's real torchrun (tests/test_templates.py), not a dependency of autoexp:
-# the CPU build, which this machine's pip finds locally (find-links), pinned.
-"$venv/bin/python" -m pip install -q "torch==2.13.0+cpu"
+if [ "$core_only" != 1 ]; then
+  # For the multi-node example's real torchrun (tests/test_templates.py), not a dependency of
+  # autoexp: the CPU build, which this machine's pip finds locally (find-links), pinned.
+  "$venv/bin/python" -m pip install -q "torch==2.13.0+cpu"
 
-echo "== lint: ruff and mypy (rules in pyproject.toml, versions in tests/constraints.txt)"
-"$venv/bin/python" -m pip install -q -c "$repo/tests/constraints.txt" ruff mypy types-PyYAML types-psutil
-(cd "$repo" && "$venv/bin/ruff" check --no-cache . && "$venv/bin/mypy")
+  echo "== lint: ruff and mypy (rules in pyproject.toml, versions in tests/constraints.txt)"
+  "$venv/bin/python" -m pip install -q -c "$repo/tests/constraints.txt" ruff mypy types-PyYAML types-psutil
+  (cd "$repo" && "$venv/bin/ruff" check --no-cache . && "$venv/bin/mypy")
+fi
 
 echo "== pytest as $test_user"
 work=$(mktemp -d /tmp/autoexp-tests.XXXXXX)
@@ -55,7 +62,7 @@ tar -C "$repo" --exclude=.git --exclude='*.egg-info' --exclude=build -cf - . | t
 rm -rf "$work/autoexp"  # the tests must use the installed package, not the source tree
 # The README test clones the repository as a newcomer would: from a clone of this checkout's
 # committed HEAD, made here because the test user may not read the checkout's .git.
-if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+if [ "$core_only" != 1 ] && git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
   git clone -q --no-hardlinks "$repo" "$work/.origin"
   export AUTOEXP_ORIGIN="$work/.origin"
 fi

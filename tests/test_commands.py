@@ -19,7 +19,7 @@ import pytest
 import autoexp
 from conftest import autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
 
-pytestmark = pytest.mark.usefixtures("slurm")
+pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.core]
 
 INTERVAL = 2
 

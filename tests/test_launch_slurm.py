@@ -9,12 +9,13 @@ import sys
 import uuid
 
 import pytest
+import yaml
 
 import autoexp
 from autoexp import slurm
-from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, write_config
+from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
 
-pytestmark = pytest.mark.usefixtures("slurm")
+pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.core]
 
 
 def test_quickstart_is_one_array_plus_the_sidecar(workdir, cleanup):
@@ -122,3 +123,26 @@ def test_local_site_scripts_pass_sbatch_test_only(workdir):
     for script in ("array.sbatch", "sidecar.sbatch"):
         proc = subprocess.run(["sbatch", "--test-only", str(exp / script)], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+
+
+def test_the_stock_sites_srun_setup_works_with_and_without_cpus_per_task(workdir, cleanup):
+    """LUMI's and JUWELS' setup line hands --cpus-per-task on to srun; without one, srun must still
+    start (Slurm 22.05 refuses an empty SRUN_CPUS_PER_TASK, 24.11 does not)."""
+    setups = [[line for line in yaml.safe_load((REPO / "site_configs" / f"{site}.yaml").read_text())["setup"]
+               if "SRUN_CPUS_PER_TASK" in line] for site in ("lumi", "juwels")]
+    assert setups[0] == setups[1] and len(setups[0]) == 1
+    exps = {}
+    for cpus in (2, None):
+        name = f"srun-cpus-{cpus}"
+        path = write_config(workdir, {"name": name, "output_dir": str(workdir / "out"), "launcher": ["srun"],
+                                      "setup": setups[0], "command": "env", "slurm": {"cpus-per-task": cpus}})
+        assert run_cli("launch", path, cwd=workdir).returncode == 0
+        exps[cpus] = workdir / "out" / name
+        cleanup(exps[cpus])
+    for cpus, exp in exps.items():
+        state = wait_state_done(exp, timeout=180)
+        (run,) = state["runs"].values()
+        assert run["state"] == "COMPLETED", run
+        log = open(run["attempts"][0]["log"]).read()
+        assert (f"SLURM_CPUS_PER_TASK={cpus}" in log) == (cpus is not None)
+        assert (f"SRUN_CPUS_PER_TASK={cpus}" in log) == (cpus is not None)

@@ -127,6 +127,7 @@ def test_requeue_settings_are_checked(workdir, requeue, message):
 
 
 @pytest.mark.slow
+@pytest.mark.core
 @pytest.mark.usefixtures("slurm")
 def test_a_command_sweep_is_requeued_until_done_or_requeue_max(workdir, cleanup):
     """Run `short` needs two allocations; `long` gets one requeue (max 1) and then times out."""

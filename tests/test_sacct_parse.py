@@ -1,10 +1,15 @@
-"""The sacct parser on outputs captured from the real cluster (tests/data/README.md says how)."""
+"""The parsers of sacct, scontrol and squeue output on outputs captured from the real clusters, Slurm
+22.05 (tests/data/) and 24.11 (tests/data/slurm-24.11/); tests/data/README.md says how."""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from pathlib import Path
 
-from autoexp.slurm import expand_range, parse_sacct
+import pytest
+
+from autoexp.slurm import expand_range, parse_config, parse_end_time, parse_sacct
 
 DATA = Path(__file__).parent / "data"
 
@@ -79,3 +84,73 @@ def test_plain_job_and_garbage_lines():
             "sacct: error: something odd\n\n")
     (rec,) = parse_sacct(text)
     assert (rec.job_id, rec.array_job, rec.task, rec.state) == ("12452", None, None, "RUNNING")
+
+
+# --------------------------------------------------------------------------- Slurm 24.11
+
+V24 = "slurm-24.11/"
+
+
+def test_24_11_collapsed_range_still_holds_a_task_that_has_started():
+    recs = by_id(records(V24 + "sacct_pending_range.txt"))
+    assert sorted(recs, key=lambda j: int(j.split("_")[1])) == [f"558_{t}" for t in range(12)]
+    # the collapsed row lags (as on 22.05): task 3 is both running and still in the pending range
+    assert [(r.state, r.collapsed) for r in recs["558_3"]] == [("RUNNING", False), ("PENDING", True)]
+    failed = recs["558_1"][0]
+    assert (failed.state, failed.exit_code, failed.elapsed_s) == ("FAILED", "3:0", 1)
+    assert failed.completed == "2026-12-02T05:47:13Z" and failed.nodes == "node1"
+    assert recs["558_7"][0].started is None and recs["558_7"][0].submitted == "2026-12-02T05:47:12Z"
+
+
+def test_24_11_requeue_and_a_users_cancel():
+    recs = by_id(records(V24 + "sacct_requeue_cancel.txt"))
+    assert [(r.state, r.reason) for r in recs["558_3"]] == [("CANCELLED", "by 1000")]  # the user's uid
+    first, second = recs["558_2"]
+    assert (first.state, second.state, second.raw_id) == ("REQUEUED", "PENDING", "561")
+    assert second.submitted == first.completed == "2026-12-02T05:47:14Z"
+    done = by_id(records(V24 + "sacct_requeue_done.txt"))
+    assert [r.state for r in done["558_2"]] == ["REQUEUED", "COMPLETED"]
+    assert all(r.state == "COMPLETED" for t in (0, *range(4, 12)) for r in done[f"558_{t}"])
+
+
+def test_24_11_timeout_node_fail_and_steps():
+    timeout = by_id(records(V24 + "sacct_timeout_vanished.txt"))
+    assert sorted(timeout) == ["565_0", "565_1", "565_2", "565_3"]  # 4 and 5, cancelled pending: no row
+    assert [(r.state, r.elapsed_s) for r in timeout["565_2"]] == [("TIMEOUT", 60)]
+    fail = by_id(records(V24 + "sacct_node_fail.txt"))
+    assert [r.state for r in fail["569_0"]] == ["NODE_FAIL", "PENDING"]  # requeued by Slurm
+    assert [r.state for r in fail["571_0"]] == ["NODE_FAIL"]  # --no-requeue
+    assert fail["571_0"][0].exit_code == "1:0"  # 22.05 says 0:0
+    done = by_id(records(V24 + "sacct_node_fail_requeued_done.txt"))
+    assert [r.state for r in done["569_1"]] == ["NODE_FAIL", "COMPLETED"]
+    steps = by_id(records(V24 + "sacct_steps.txt"))
+    assert not any("." in job_id for job_id in steps)
+    assert [r.state for r in steps["558_2"]] == ["REQUEUED", "COMPLETED"]
+
+
+# --------------------------------------------------------------------------- both versions
+
+@pytest.mark.parametrize("version", ["", V24], ids=["22.05", "24.11"])
+def test_scontrol_show_config_keeps_every_key_even_after_an_empty_value(version):
+    text = (DATA / version / "scontrol_show_config.txt").read_text()
+    conf = parse_config(text)
+    assert len(conf) == len(re.findall(r"^\w+ *=", text, re.M))
+    assert conf["SLURM_VERSION"].startswith("22.05." if not version else "24.11.")
+    # the keys autoexp reads; in 22.05 PreemptMode follows the empty "PowerPlugin = "
+    assert (conf["PreemptMode"], conf["JobRequeue"], conf["MaxArraySize"]) == ("OFF", "1", "100001")
+    assert conf["PowerPlugin" if not version else "PriorityFlags"] == ""
+    assert conf["MinJobAge"] == "600 sec" and conf["AuthInfo"] == "cred_expire=10"
+
+
+@pytest.mark.parametrize("version", ["", V24], ids=["22.05", "24.11"])
+def test_squeue_end_time(version):
+    rows = [line.split("|") for line in (DATA / version / "squeue_end_time.txt").read_text().splitlines()]
+    ends = {job_id: parse_end_time(end) for job_id, _, _, end in rows}
+    pending = [job_id for job_id, state, _, _ in rows if state == "PENDING"]
+    assert pending and all(ends[job_id] is None for job_id in pending)  # N/A
+    running = [ends[job_id] for job_id, state, limit, _ in rows if state == "RUNNING" and limit == "1:00"]
+    assert len(running) == 2 and all(end.tzinfo == dt.timezone.utc for end in running)
+    # no --time under MaxTime=INFINITE: both versions give a limit of 365 days, not NONE
+    (unlimited,) = [ends[job_id] for job_id, _, limit, _ in rows if limit == "365-00:00:00"]
+    assert unlimited.year == 2027
+    assert parse_end_time("") is None and parse_end_time("NONE\n") is None

@@ -21,7 +21,7 @@ import pytest
 from autoexp import report
 from conftest import autoexp as run_cli, read_state, wait_for, wait_state_done, write_config
 
-pytestmark = pytest.mark.usefixtures("slurm")
+pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.core]
 
 JOB = r"""#!/bin/bash
 # job.sh KIND: what each test run does

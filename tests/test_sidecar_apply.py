@@ -176,3 +176,19 @@ def test_status_and_the_sidecar_agree_on_whether_the_sidecar_is_alive(tmp_path):
                              "host": "elsewhere", "pid": 1}
             health = statusview.health(st, tmp_path, dt.datetime.fromtimestamp(now, dt.timezone.utc))
             assert (health["sidecar"] == "alive") == sidecar.alive(st, now=now), (interval, age)
+
+
+def test_slurm_24_11_array_from_pending_range_to_done(tmp_path):
+    """The same story on Slurm 24.11's records: the collapsed range still holds a started task, a
+    user's cancel is ``by 1000``, and the requeued task ends as attempt 2."""
+    st = experiment(tmp_path, {"558": 12})
+    for name in ("sacct_pending_range.txt", "sacct_requeue_cancel.txt", "sacct_requeue_done.txt"):
+        apply(tmp_path, st, "slurm-24.11/" + name)
+        if name == "sacct_pending_range.txt":
+            assert st["runs"]["r558_3"]["state"] == "RUNNING"  # not pulled back by the range
+    runs = st["runs"]
+    assert [(a["attempt"], a["state"]) for a in runs["r558_2"]["attempts"]] == [(1, "REQUEUED"), (2, "COMPLETED")]
+    assert runs["r558_3"]["state"] == "CANCELLED" and runs["r558_3"]["attempts"][0]["reason"] == "by 1000"
+    assert runs["r558_1"]["state"] == "FAILED" and runs["r558_1"]["exit_code"] == "3:0"
+    assert changes(st, "r558_3") == [("PENDING", "RUNNING"), ("RUNNING", "CANCELLED")]
+    assert sum(r["state"] == "COMPLETED" for r in runs.values()) == 10

@@ -12,7 +12,7 @@ case "$AUTOEXP_RUN_INDEX" in
   }
   autoexp_setup() {
     :
-    export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+    if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
     export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"
     export MIOPEN_CUSTOM_CACHE_DIR="$MIOPEN_USER_DB_PATH"
     mkdir -p "$MIOPEN_USER_DB_PATH"
@@ -33,7 +33,7 @@ case "$AUTOEXP_RUN_INDEX" in
   }
   autoexp_setup() {
     :
-    export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+    if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
     export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"
     export MIOPEN_CUSTOM_CACHE_DIR="$MIOPEN_USER_DB_PATH"
     mkdir -p "$MIOPEN_USER_DB_PATH"
