@@ -36,14 +36,6 @@ def slurm_problem() -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Mark every test that uses the ``slurm`` fixture ``slurm``, so ``-m "slurm and core"`` selects."""
-    for item in items:
-        if "slurm" in getattr(item, "fixturenames", ()):
-            item.add_marker("slurm")
-
-
 @pytest.fixture(scope="session")
 def slurm():
     """Use in every test that talks to Slurm; makes sure the cluster answers (a controller busy for
@@ -61,9 +53,11 @@ def slurm():
     return True
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects
 def pytest_collection_modifyitems(items):
     """A test that uses the ``slurm`` fixture is marked ``slurm``: ``pytest -m "not slurm"`` runs
-    the rest (parsers, templates, the state model, the local backend) without a cluster."""
+    the rest (parsers, templates, the state model, the local backend) without a cluster, and
+    ``-m "slurm and core"`` the cluster-facing core (tests/run-24.sh)."""
     for item in items:
         if "slurm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)

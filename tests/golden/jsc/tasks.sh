@@ -13,7 +13,7 @@ case "$AUTOEXP_RUN_INDEX" in
   }
   autoexp_setup() {
     :
-    export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+    if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
     echo setting up lr0.0001_tagtwo-words
   }
   autoexp_command() {
@@ -32,7 +32,7 @@ case "$AUTOEXP_RUN_INDEX" in
   }
   autoexp_setup() {
     :
-    export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"
+    if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi
     echo setting up lr0.0003_tagit-s-HOME-id-
   }
   autoexp_command() {
