@@ -210,7 +210,7 @@ def build(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min"
         chosen_figures = [(key, fig) for key, fig in figures if key.startswith(section)]
         if not chosen_figures:
             continue
-        parts.append(f"<section id={section.rstrip('-')}><h2>{html.escape(title)}</h2><div class=grid>")
+        parts.append(f"<section id=all-{section.rstrip('-')}><h2>{html.escape(title)}</h2><div class=grid>")
         for key, fig in chosen_figures:
             parts.append(f"<div class=plot id='{html.escape(key)}'>")
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
