@@ -101,7 +101,7 @@ def test_the_report_in_a_headless_browser(finished):
     assert all('class="scatterlayer' in p and p.count('class="point"') == 8 for p in params)
     timeline = section("timeline")
     assert timeline.count('class="ytick"') == 8  # a row per run
-    assert timeline.count('class="trace bars"') == 2  # waiting, and how they ended (completed, failed)
+    assert timeline.count('class="trace bars"') == 3  # waiting, then completed or failed
     ranking = html[html.index('id="ranking"'):]
     assert ranking.count("<tr>") == 9 and "slurm-" in ranking
 
