@@ -89,3 +89,28 @@ def test_halved_keeps_extremes_first_and_last():
     kept = history.halved(points)
     assert kept[0] == [0, 5] and kept[-1] == [9, 2]
     assert [2, 9] in kept and [8, 0] in kept and len(kept) < len(points)
+
+
+def test_the_report_without_plotly_keeps_its_tables(tmp_path, monkeypatch):
+    """Plotly is an optional extra: without it report.html still ranks the runs, lists every
+    attempt with its log, and says how to get the plots."""
+    from autoexp import htmlreport
+
+    monkeypatch.setattr(htmlreport, "_plotly", lambda: None)
+    attempt = {"attempt": 1, "job_id": "7_0", "state": "FAILED", "submitted": "2026-01-01T00:00:00Z",
+               "started": "2026-01-01T00:00:05Z", "completed": "2026-01-01T00:01:00Z", "nodes": "node1",
+               "log": str(tmp_path / "runs" / "a" / "slurm-7_0.out")}
+    runs = {"a": {"index": 0, "params": {"lr": 0.1}, "state": "FAILED", "metrics": {"loss": 2.0},
+                  "attempts": [attempt], "elapsed_s": 55},
+            "b": {"index": 1, "params": {"lr": 0.2}, "state": "COMPLETED", "metrics": {"loss": 1.0},
+                  "attempts": [{**attempt, "job_id": "7_1", "state": "COMPLETED"}], "elapsed_s": 50}}
+    doc = {"experiment": "x", "exp_dir": str(tmp_path), "updated": "2026-01-01T00:01:00Z",
+           "counts": {"FAILED": 1, "COMPLETED": 1}, "runs": runs,
+           "health": {"sidecar": "finished", "fix": None, "log": None, "last_error": None},
+           "progress": {"runs": 2, "finished": 2}}
+    page = htmlreport.write(doc, tmp_path)
+    text = page.read_text()
+    assert "pip install 'autoexp[report]'" in text and "<script" not in text
+    ranking = text[text.index("id=ranking"):text.index("id=attempts")]
+    assert ranking.index(">b<") < ranking.index(">a<")  # lowest loss first
+    assert "href='runs/a/slurm-7_0.out'" in ranking and "7_1" in text[text.index("id=attempts"):]
