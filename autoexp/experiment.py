@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
     result = LaunchResult(config.exp_dir, sched.name, dry_run=dry_run, text=built.submissions_text())
     if dry_run:
         return result
+    check_python(config)
     exp_dir = built.write()
     # The sidecar goes first so that it does not queue behind its own array; the lock is held
     # across the submissions, so its first poll waits until every id is recorded.
@@ -80,6 +82,16 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
             sched.cancel([result.sidecar])
             raise
     return result
+
+
+def check_python(config: Config) -> None:
+    """The config's ``python:`` must run here: the sidecar job starts with it, and one that exits
+    127 leaves nothing watching. Checked at launch, not in the plan (a plan may be rendered for
+    another machine)."""
+    python = config.get("python")
+    if python and shutil.which(str(python)) is None:
+        raise config.error("python", f"{python!r} is not an executable program on this machine "
+                                     "(the sidecar and the runs start with it)")
 
 
 def output_dir(default: str | None = None) -> Path:

@@ -55,6 +55,7 @@ class Plan:
     def write(self) -> Path:
         """Create the experiment directory atomically; refuse to replace a launched experiment."""
         final = self.exp_dir
+        self._check_output_dir()
         final.parent.mkdir(parents=True, exist_ok=True)
         old_state = final / statefile.STATE
         if final.exists():
@@ -83,6 +84,17 @@ class Plan:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def _check_output_dir(self) -> None:
+        """``output_dir`` must be, or be creatable as, a directory this user may write in: found
+        before anything is created, so a refusal leaves nothing behind."""
+        probe = self.exp_dir.parent
+        while not os.path.lexists(probe):
+            probe = probe.parent
+        problem = "is not a directory" if not probe.is_dir() else \
+            "is not writable by you" if not os.access(probe, os.W_OK | os.X_OK) else ""
+        if problem:
+            raise self.config.error("output_dir", f"{probe} {problem}")
 
     def _populate(self, root: Path) -> None:
         for rel, content in self.files.items():
