@@ -221,6 +221,8 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
         raise InputError("give the runs to retry, or --failed (not both)", "RUN")
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
+        sched = backends.of_experiment(exp_dir, st)
+        unknown = actions.settle_intents(exp_dir, st, sched)
         if failed:
             names = sorted((n for n, r in st["runs"].items() if r["state"] in FAILED),
                            key=lambda n: st["runs"][n]["index"])
@@ -231,9 +233,11 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
                     raise InputError(f"run {name!r} is {st['runs'][name]['state']}: only a finished run "
                                      "can be retried (cancel it first)", str(exp_dir), "RUN")
         result: dict[str, Any] = {"exp_dir": exp_dir, "runs": names, "arrays": [], "sidecar": None}
+        if unknown & set(names):
+            raise AutoexpError(f"{exp_dir}: whether an earlier submission of {', '.join(sorted(unknown & set(names)))} "
+                               "was accepted is not known yet (the scheduler does not answer); try again later")
         if not names:
             return result
-        sched = backends.of_experiment(exp_dir, st)
         watched = watcher(exp_dir, st, sched) != "none"
         result["arrays"] = actions.submit_runs(exp_dir, st, sched, names, "retry")
         for name in names:

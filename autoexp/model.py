@@ -106,6 +106,21 @@ class ArrayRecord(TypedDict):
     reason: str
 
 
+class Intent(TypedDict):
+    """A submission about to be made (written before sbatch runs), kept until its fate is known: a
+    sidecar killed after sbatch accepted it, or an sbatch that timed out, leaves it to be found
+    again by its tag instead of being submitted twice."""
+
+    tag: str  # the mark only this submission carries (in its job name)
+    script: str  # relative to the experiment directory
+    offset: int  # run index of task 0
+    runs: list[list[Any]]  # [run index, run name, attempt number] of each task
+    spec: str  # the --array value
+    reason: str
+    time: str  # when it was made
+    unknown: NotRequired[str]  # why its fate is not known yet (sbatch timed out, ...)
+
+
 class Entry(TypedDict):
     """One entry of the history, which events.log shows."""
 
@@ -161,6 +176,7 @@ class State(TypedDict):
     runs: dict[str, Run]
     history: list[Entry]
     plan: NotRequired[Plan]
+    intents: NotRequired[list[Intent]]
     query: NotRequired[Query]
     events_log: NotRequired[EventsMark]
 
@@ -292,6 +308,12 @@ def new_array(job_id: str, tasks: str, attempt: int, script: str, offset: int, s
               reason: str) -> ArrayRecord:
     return {"job_id": job_id, "tasks": tasks, "attempt": attempt, "script": script, "offset": offset,
             "submitted": submitted, "reason": reason}
+
+
+def new_intent(tag: str, script: str, offset: int, runs: Iterable[tuple[int, str, int]], spec: str,
+               reason: str) -> Intent:
+    return {"tag": tag, "script": script, "offset": offset, "runs": [list(r) for r in runs], "spec": spec,
+            "reason": reason, "time": now()}
 
 
 def new_event(name: str, when: str, groups: dict[str, Any], attempt: int | None = None) -> Event:

@@ -48,6 +48,7 @@ class Submission:
     array: str | None = None  # "0-7%4", "3,17,42%4"
     env: Mapping[str, str] = field(default_factory=dict)
     options: Sequence[str] = ()  # extra sbatch options, e.g. ("--begin=now+60",)
+    tag: str | None = None  # a mark only this submission carries, to find it again (see find)
 
 
 class Scheduler(abc.ABC):
@@ -74,6 +75,11 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def max_array_size(self) -> int:
         """Task ids of one array must be below this."""
+
+    def find(self, script: Path, tag: str, since: dt.datetime) -> list[str]:
+        """The job ids of the submissions of ``script`` that carry ``tag`` (none: it was never
+        accepted); raise SchedulerError when the scheduler cannot tell now."""
+        raise NotImplementedError(f"the {self.name} scheduler cannot find a submission again")
 
     def requeue(self, job_ids: Sequence[str]) -> None:
         raise NotImplementedError(f"the {self.name} scheduler cannot requeue")

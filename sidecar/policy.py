@@ -4,7 +4,7 @@ the experiment is over."""
 from __future__ import annotations
 
 from .. import actions, model, report
-from ..errors import AutoexpError
+from ..errors import AutoexpError, SchedulerTimeout
 from ..jobstates import Phase, phase
 from ..model import Attempt, epoch
 from .work import Work
@@ -16,8 +16,10 @@ class Policy(Work):
     """Part of a poll: the actions rules and states call for, and the experiment's end."""
 
     def act(self) -> None:
-        """Cancel and retry what the logs and the states call for: all retries as one submission."""
+        """Cancel and retry what the logs and the states call for: all retries as one submission.
+        A submission whose answer was lost is settled first; its runs wait while it is unknown."""
         runs = self.st["runs"]
+        waiting = actions.settle_intents(self.exp_dir, self.st, self.sched)
         cancel = [n for n, (action, _) in self.requests.items()
                   if action == "cancel" and phase(runs[n]["attempts"][-1]["state"]) < Phase.ENDED]
         if cancel:
@@ -31,6 +33,7 @@ class Policy(Work):
             if current and current["state"] in self.settings.retry_on and not current.get("cancelled") \
                     and self.settled(current):
                 self._want_retry(name, f"state {current['state']}", retry)
+        retry = {name: why for name, why in retry.items() if name not in waiting}
         if retry:
             self._retry(retry)
 
@@ -82,6 +85,10 @@ class Policy(Work):
             if active:
                 self.sched.cancel(active)
             actions.submit_runs(self.exp_dir, self.st, self.sched, sorted(retry), reason)
+        except SchedulerTimeout as err:
+            model.log(self.st, "RETRY_UNKNOWN", ", ".join(sorted(retry)), self.when, Error=str(err),
+                      Result="will look for it by its tag before anything is submitted again")
+            return
         except AutoexpError as err:
             model.log(self.st, "RETRY_FAILED", ", ".join(sorted(retry)), self.when, Error=str(err),
                       Result="will try again next poll")
