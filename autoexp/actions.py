@@ -11,6 +11,7 @@ import datetime as dt
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from . import model, statefile
 from .errors import AutoexpError, SchedulerTimeout
@@ -35,10 +36,14 @@ def compress(tasks: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str) -> list[str]:
-    """Submit ``names`` as one array per planned array script; record them; return the job ids.
+def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str,
+                given: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Submit ``names`` as one array per planned array script and resource set; record them;
+    return the job ids.
 
-    Each run's attempt number is one more than its attempts so far. Each submission is first
+    Each run's attempt number is one more than its attempts so far; ``given`` (by run name) is
+    what a retry rule changed for it (sidecar/remedies.py): runs given other resources go out as
+    another array, with sbatch options that beat the script's lines. Each submission is first
     written to state.json as an intent carrying a tag (see :func:`settle_intents`), so that an
     answer lost to a kill or a timeout is found again, not submitted twice. On a refused
     submission the arrays this call already submitted are cancelled and the error is raised; on
@@ -49,43 +54,49 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     """
     exp_dir = Path(exp_dir)
     plan = st["plan"]
+    given = given or {}
     throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
     submitted: list[str] = []
     try:
         previous = None
         for array in plan["arrays"]:
             lo, hi = array["offset"], array["offset"] + array["count"]
-            chosen = sorted((st["runs"][n]["index"], n) for n in names if lo <= st["runs"][n]["index"] < hi)
-            if not chosen:
-                continue
-            attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
-            tasks = [index - lo for index, _ in chosen]
-            spec = compress(tasks) + throttle
-            env = {}
-            if any(a != 1 for a in attempts.values()):
-                common = max(set(attempts.values()), key=list(attempts.values()).count)
-                env["AUTOEXP_ATTEMPTS"] = " ".join(
-                    [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
-            after = [previous] if reason == "launch" and array.get("after_previous") and previous else \
-                running_arrays(st) if reason != "launch" and throttle else []
-            options = [f"--dependency=afterany:{':'.join(after)}"] if after else []
-            intent = model.new_intent(secrets.token_hex(6), array["script"], lo,
-                                      [(i, n, attempts[i]) for i, n in chosen], spec, reason)
-            st.setdefault("intents", []).append(intent)
-            statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
-            try:
-                job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
-                                                 options=options, tag=intent["tag"]))
-            except SchedulerTimeout as err:
-                intent["unknown"] = str(err)
-                raise
-            except BaseException:
+            sets: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+            for name in names:
+                if lo <= st["runs"][name]["index"] < hi:
+                    sets.setdefault(tuple(resource_options(given.get(name))), []).append(
+                        (st["runs"][name]["index"], name))
+            for resources, chosen in sorted(sets.items()):
+                chosen.sort()
+                attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
+                spec = compress(index - lo for index, _ in chosen) + throttle
+                env = {}
+                if any(a != 1 for a in attempts.values()):
+                    common = max(set(attempts.values()), key=list(attempts.values()).count)
+                    env["AUTOEXP_ATTEMPTS"] = " ".join(
+                        [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
+                after = [previous] if reason == "launch" and array.get("after_previous") and previous else \
+                    running_arrays(st) if reason != "launch" and throttle else []
+                options = [f"--dependency=afterany:{':'.join(after)}"] if after else []
+                intent = model.new_intent(secrets.token_hex(6), array["script"], lo,
+                                          [(i, n, attempts[i]) for i, n in chosen], spec, reason)
+                if resources:
+                    intent["given"] = {n: given[n] for _, n in chosen}
+                st.setdefault("intents", []).append(intent)
+                statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
+                try:
+                    job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
+                                                     options=[*options, *resources], tag=intent["tag"]))
+                except SchedulerTimeout as err:
+                    intent["unknown"] = str(err)
+                    raise
+                except BaseException:
+                    st["intents"].remove(intent)
+                    raise
                 st["intents"].remove(intent)
-                raise
-            st["intents"].remove(intent)
-            submitted.append(job_id)
-            previous = job_id
-            _record_array(exp_dir, st, job_id, intent)
+                submitted.append(job_id)
+                previous = job_id
+                _record_array(exp_dir, st, job_id, intent)
     except BaseException:
         if submitted:
             try:
@@ -94,6 +105,11 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
                 pass
         raise
     return submitted
+
+
+def resource_options(given: dict[str, Any] | None) -> list[str]:
+    """The sbatch options that give an attempt what a retry rule changed (mem, time, exclude)."""
+    return [f"--{key}={given[key]}" for key in ("mem", "time", "exclude") if given and given.get(key)]
 
 
 def running_arrays(st: State) -> list[str]:
@@ -139,15 +155,19 @@ def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None
     attempt = max(a for _, _, a in intent["runs"])
     st["arrays"].append(model.new_array(job_id, spec.split("%")[0], attempt, intent["script"], offset, when,
                                         reason))
+    given = intent.get("given") or {}
     for index, name, number in intent["runs"]:
         task = index - offset
         model.add_attempt(st["runs"][name], model.new_attempt(
-            number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task)))
+            number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task),
+            given=given.get(name)))
     kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
     runs = intent["runs"]
+    whys = sorted({g["why"] for g in given.values() if g.get("why")})
     model.log(st, kind, intent["script"], when, Job_ID=job_id, Tasks=spec,
               Runs=len(runs) if len(runs) > 5 else ", ".join(n for _, n, _ in runs),
-              Attempt=attempt, Reason=None if reason == "launch" else reason)
+              Attempt=attempt, Reason=None if reason == "launch" else reason,
+              Given="; ".join(whys) or None)
 
 
 def submit_sidecar(exp_dir: Path, st: State, sched: Scheduler, options: tuple = (), reason: str = "launch",

@@ -185,12 +185,14 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
         sched = backends.of_experiment(exp_dir, st)
         if runs:
             names = _select(exp_dir, st, runs)
+            _catch_up(exp_dir, st, sched)
             for name in names:
                 if st["runs"][name]["state"] in TERMINAL:
                     raise InputError(f"run {name!r} has already finished ({st['runs'][name]['state']}); "
                                      "nothing cancelled", str(exp_dir), "RUN")
             return {"exp_dir": exp_dir, "runs": names, "jobs": actions.cancel_runs(st, sched, names, "user"),
                     "sidecar": None}
+        _catch_up(exp_dir, st, sched)
         names = sorted((n for n, r in st["runs"].items() if r["state"] not in TERMINAL),
                        key=lambda n: st["runs"][n]["index"])
         if not names:
@@ -209,6 +211,23 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
         model.log(st, "ALL_COMPLETE", "Monitoring finished", Reason="cancelled by the user",
                   Summary=model.counts_text(st))
         return {"exp_dir": exp_dir, "runs": names, "jobs": jobs, "sidecar": sidecar}
+
+
+def _catch_up(exp_dir: Path, st: State, sched: Scheduler) -> None:
+    """Bring the runs up to what the scheduler says before cancelling (the sidecar may be dead,
+    or a poll behind): a run that has finished is not marked CANCELLED. Cancelling blind is
+    refused: the state would disagree with the scheduler for good."""
+    from .sidecar import Poll, PollResult, Settings, query_targets
+
+    ids, window = query_targets(st)
+    if not ids:
+        return
+    try:
+        records = sched.query(ids, window)
+    except AutoexpError as err:
+        raise AutoexpError(f"{exp_dir}: cannot ask {sched.name} which runs have finished ({err}); "
+                           "nothing cancelled, try again") from None
+    Poll(exp_dir, st, sched, Settings.load(exp_dir), PollResult()).apply(records, time.time())
 
 
 def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | None = None) -> dict:

@@ -44,6 +44,8 @@ class Attempt(TypedDict):
     missing_since: NotRequired[str]  # when it went missing from accounting
     cancelled: NotRequired[str]  # who cancelled it: never retried by a rule
     retry: NotRequired[str]  # why a retry followed it ("none left": none could)
+    failure: NotRequired[str]  # how it failed: its state, or OUT_OF_MEMORY when its log says so
+    given: NotRequired[dict[str, Any]]  # what a retry rule changed for it, and why (remedies)
 
 
 class Event(TypedDict):
@@ -119,6 +121,7 @@ class Intent(TypedDict):
     reason: str
     time: str  # when it was made
     unknown: NotRequired[str]  # why its fate is not known yet (sbatch timed out, ...)
+    given: NotRequired[dict[str, dict[str, Any]]]  # per run name, what a retry rule changed
 
 
 class Entry(TypedDict):
@@ -144,6 +147,7 @@ class Plan(TypedDict):
     arrays: list[PlannedArray]
     sidecar: str  # the sidecar's script
     max_parallel: int | None
+    config_dir: NotRequired[str]  # the config file's directory (templates re-rendered for a retry)
 
 
 class Query(TypedDict, total=False):
@@ -234,10 +238,10 @@ def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, schedul
     return state
 
 
-def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None) -> Plan:
+def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None, config_dir: str) -> Plan:
     return {"arrays": [{"script": a.script, "offset": a.offset, "count": a.count, "spec": a.spec,
                         "after_previous": a.after_previous} for a in arrays],
-            "sidecar": sidecar, "max_parallel": max_parallel}
+            "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir}
 
 
 def query_of(state: State) -> Query:
@@ -267,14 +271,19 @@ def task_log(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
 
 
 def new_attempt(number: int, job_id: str, submitted: str | None, log: str,
-                state: str = "PENDING") -> Attempt:
-    return {"attempt": number, "job_id": job_id, "state": state, "submitted": submitted, "started": None,
-            "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None, "log": log}
+                state: str = "PENDING", given: dict[str, Any] | None = None) -> Attempt:
+    attempt: Attempt = {"attempt": number, "job_id": job_id, "state": state, "submitted": submitted,
+                        "started": None, "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None,
+                        "log": log}
+    if given:
+        attempt["given"] = given
+    return attempt
 
 
 def requeued_attempt(previous: Attempt, submitted: str | None) -> Attempt:
     """Slurm put the same task back in the queue: a new allocation, appending to the same log."""
-    attempt = new_attempt(previous["attempt"] + 1, previous["job_id"], submitted, previous["log"])
+    attempt = new_attempt(previous["attempt"] + 1, previous["job_id"], submitted, previous["log"],
+                          given=previous.get("given"))
     attempt["requeued"] = True
     return attempt
 

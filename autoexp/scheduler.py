@@ -89,6 +89,10 @@ class Scheduler(abc.ABC):
         scheduler itself (Slurm does so after NODE_FAIL unless --no-requeue)."""
         return False
 
+    def max_time(self, partition: str | None) -> float | None:
+        """The longest time limit a job may ask for in ``partition`` (None: no limit known)."""
+        return None
+
     def end_time(self, job_id: str) -> dt.datetime | None:
         """When a running job hits its time limit, if the scheduler says (None: unknown)."""
         return None

@@ -254,6 +254,24 @@ def requeue(value, path):
     return REQUEUE(value, path) if value else {}
 
 
+def true_or_false(value, path):
+    if not isinstance(value, bool):
+        raise Invalid(path, f"expected true or false, got {type_name(value)} {value!r}")
+    return value
+
+
+def failure_class(key, path):
+    return string(re.compile(r"^[A-Z][A-Z_]*$"), "a Slurm state in capitals, like OUT_OF_MEMORY")(key, path)
+
+
+# What the next attempt of a run that failed this way gets (see sidecar/remedies.py).
+RETRY_RULE = mapping({
+    "mem": number(at_least=1.0),  # mem times this
+    "time": number(at_least=1.0),  # time times this, at most the partition's MaxTime
+    "params": mapping({}, values=string()),  # templates over the run's parameters
+    "exclude_node": true_or_false,  # the node(s) it failed on are excluded
+})
+
 EVENT = mapping({
     "name": string(NAME_RE, "letters, digits, . _ -"),
     "pattern": regex,
@@ -281,7 +299,8 @@ COMMON_FIELDS: dict[str, Check] = {
         "stall_action": string(re.compile(rf"^({'|'.join(ACTIONS)})$"), f"one of {', '.join(ACTIONS)}"),
         "events": list_of(EVENT),
         "metrics": mapping({}, values=regex),
-        "retries": mapping({"max": integer(0), "on": list_of(string())}),
+        "retries": mapping({"max": integer(0), "on": list_of(string()),
+                            "rules": mapping({}, values=RETRY_RULE, keys=failure_class)}),
     }),
     "sidecar": sbatch_options({
         "mode": string(re.compile(rf"^({'|'.join(SIDECAR_MODES)})$"), " or ".join(SIDECAR_MODES)),
@@ -303,12 +322,6 @@ CONFIG = mapping({
     "sweep": mapping({"grid": _grid, "list": _sweep_points, "exclude": _sweep_points}),
     **COMMON_FIELDS,
 }, required=("name", "command"))
-
-def true_or_false(value, path):
-    if not isinstance(value, bool):
-        raise Invalid(path, f"expected true or false, got {type_name(value)} {value!r}")
-    return value
-
 
 SITE = mapping({
     "description": string(),

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .durations import slurm_time_seconds
 from .errors import SchedulerError, SchedulerTimeout
 from .scheduler import JobRecord, Scheduler, Submission, expand_range
 
@@ -136,6 +137,11 @@ class SlurmScheduler(Scheduler):
         except ValueError:  # NONE (no limit), or the job is gone
             return None
 
+    def max_time(self, partition: str | None) -> float | None:
+        """MaxTime of ``partition`` (or the default one) from ``scontrol show partition``."""
+        out = run(["scontrol", "show", "partition", *([partition] if partition else [])]).stdout
+        return partition_max_time(out, partition)
+
     def mute_mail(self, job_id: str) -> None:
         run(["scontrol", "update", f"jobid={job_id}", "MailType=NONE"])
 
@@ -150,6 +156,16 @@ def cluster_config() -> dict[str, str]:
 def cluster_max_array_size() -> int:
     value = cluster_config().get("MaxArraySize", "")
     return int(value) if value.isdigit() else 1001
+
+
+def partition_max_time(text: str, partition: str | None) -> float | None:
+    """MaxTime in seconds of the named partition (else the Default=YES one) in ``scontrol show
+    partition`` output; None when UNLIMITED or not found."""
+    for block in re.split(r"\n(?=PartitionName=)", text.strip()):
+        fields = dict(re.findall(r"(\w+)=(\S*)", block))
+        if (fields.get("PartitionName") == partition) if partition else fields.get("Default") == "YES":
+            return slurm_time_seconds(fields.get("MaxTime"))
+    return None
 
 
 def tagged_name(script: Path, tag: str) -> str:

@@ -131,6 +131,20 @@ def scan(cursor: dict, rules: Rules, final: bool = False, sink: Sink | None = No
     return result
 
 
+def tail(path: str | Path, limit: int) -> bytes:
+    """The last ``limit`` bytes of a log that is a regular file (b"" otherwise), without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return b""
+        fh.seek(max(0, info.st_size - limit))
+        return fh.read(limit)
+
+
 def file_kind(mode: int) -> str:
     return "a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode) else \
         "a directory" if stat.S_ISDIR(mode) else "not a regular file"

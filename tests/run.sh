@@ -41,7 +41,12 @@ setsid bash -c "trap 'kill -CONT $pid' EXIT; sleep $1" </dev/null >/dev/null 2>&
 kill -STOP "$pid"
 HELPER
 chmod 755 /usr/local/sbin/autoexp-test-pause-slurmctld
-printf '%s ALL=(root) NOPASSWD: /usr/local/sbin/autoexp-test-pause-slurmctld\n' "$test_user" >>/etc/sudoers.d/autoexp-test
+printf '%s ALL=(root) NOPASSWD: /usr/local/sbin/autoexp-test-pause-slurmctld\n' "$test_user" \
+  >/etc/sudoers.d/autoexp-test-faults
+chmod 440 /etc/sudoers.d/autoexp-test-faults
+# The disk-full test: a small file system anyone may write to, filled and freed by the test.
+mkdir -p /mnt/autoexp-small
+mountpoint -q /mnt/autoexp-small || mount -t tmpfs -o size=16m,mode=1777 autoexp-small /mnt/autoexp-small
 
 echo "== install autoexp into $venv"
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"

@@ -121,6 +121,15 @@ CASES = {
     "grid_axis_scalar": (variant(**{"sweep.grid": {"rank": 8}}), [], ["sweep.grid.rank", "expected a list"]),
     "list_point_scalar": (variant(sweep={"list": [3]}), [], ["sweep.list[0]", "expected a mapping"]),
     "empty_command": (variant(command="   "), [], ["command", "empty command"]),
+    "retry_rule_class": (variant(**{"monitor.retries": {"max": 1, "rules": {"oom": {"mem": 2}}}}), [],
+                         ["monitor.retries.rules.oom", "capitals"]),
+    "retry_rule_shrinks": (variant(**{"monitor.retries": {"max": 1, "rules": {"OUT_OF_MEMORY": {"mem": 0.5}}}}), [],
+                           ["monitor.retries.rules.OUT_OF_MEMORY.mem", "at least 1"]),
+    "retry_rule_unknown": (variant(**{"monitor.retries": {"max": 1, "rules": {"TIMEOUT": {"hours": 2}}}}), [],
+                           ["monitor.retries.rules.TIMEOUT.hours", "unknown key"]),
+    "retry_rule_param_undefined": (variant(**{"monitor.retries": {"max": 1, "rules": {"OUT_OF_MEMORY": {
+        "params": {"rank": "{{ rnak // 2 }}"}}}}}), [],
+        ["monitor.retries.rules.OUT_OF_MEMORY.params.rank", "undefined variable 'rnak'"]),
     "sbatch_quote": (variant(**{"slurm.comment": 'say "hi"'}), [], ["slurm.comment", "double quotes"]),
 }
 
