@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ def compress(tasks: Iterable[int]) -> str:
     if run:
         parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
     return ",".join(parts)
+
+
+# s: an intent the scheduler does not know of is dropped only this long after it was made: a
+# controller that hung may still be working through the requests it received meanwhile.
+NOT_MADE_AFTER = 60
 
 
 def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str,
@@ -134,6 +140,9 @@ def settle_intents(exp_dir: Path, st: State, sched: Scheduler) -> set[str]:
             unknown.update(name for _, name, _ in intent["runs"])
             model.log(st, "SUBMIT_UNKNOWN", intent["script"], Tag=intent["tag"], Error=str(err),
                       Result="its runs wait until the scheduler can tell whether it was accepted")
+            continue
+        if not found and time.time() - (model.epoch(intent["time"]) or 0) < NOT_MADE_AFTER:
+            unknown.update(name for _, name, _ in intent["runs"])  # a controller catching up may yet accept it
             continue
         st["intents"].remove(intent)
         if not found:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import actions, backends, model, statefile, statusview
-from .errors import AutoexpError, InputError
+from .errors import AutoexpError, InputError, SchedulerTimeout
 from .jobstates import FAILED, TERMINAL
 from .model import Attempt, State
 from .scheduler import Scheduler
@@ -78,6 +78,10 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
         result.sidecar = actions.submit_sidecar(exp_dir, st, sched)
         try:
             result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch")
+        except SchedulerTimeout as err:
+            sched.cancel([result.sidecar])
+            raise AutoexpError(f"{err}: `autoexp resume {exp_dir}` finds out and watches it, or "
+                               f"`autoexp cancel {exp_dir}`") from None
         except BaseException:
             sched.cancel([result.sidecar])
             raise
@@ -215,10 +219,14 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
 
 def _catch_up(exp_dir: Path, st: State, sched: Scheduler) -> None:
     """Bring the runs up to what the scheduler says before cancelling (the sidecar may be dead,
-    or a poll behind): a run that has finished is not marked CANCELLED. Cancelling blind is
+    or a poll behind): a submission whose answer was lost is found first, and a run that has
+    finished is not marked CANCELLED. Cancelling blind is
     refused: the state would disagree with the scheduler for good."""
     from .sidecar import Poll, PollResult, Settings, query_targets
 
+    if actions.settle_intents(exp_dir, st, sched):
+        raise AutoexpError(f"{exp_dir}: whether an earlier submission was accepted is not known yet "
+                           f"(the scheduler does not answer); nothing cancelled, try again")
     ids, window = query_targets(st)
     if not ids:
         return
@@ -283,7 +291,7 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
     """Submit a new sidecar if none is alive; do nothing if one is, or if every run has ended."""
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
-        if not st.get("arrays"):
+        if not st.get("arrays") and not st.get("intents"):
             raise InputError("this experiment was planned but never launched: run `autoexp launch` "
                              "with its config", str(exp_dir), "EXP")
         sched = backends.of_experiment(exp_dir, st)
