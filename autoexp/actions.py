@@ -49,9 +49,9 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
 
     Each run's attempt number is one more than its attempts so far; ``given`` (by run name) is
     what a retry rule changed for it (sidecar/remedies.py): runs given other resources go out as
-    another array, with sbatch options that beat the script's lines. Each submission is first
-    written to state.json as an intent carrying a tag (see :func:`settle_intents`), so that an
-    answer lost to a kill or a timeout is found again, not submitted twice. On a refused
+    another array, with sbatch options that beat the script's lines. Each submission after the
+    launch is first written to state.json as an intent carrying a tag (see :func:`settle_intents`),
+    so that an answer lost to a kill or a timeout is found again, not submitted twice. On a refused
     submission the arrays this call already submitted are cancelled and the error is raised; on
     a timed-out one (SchedulerTimeout) its intent stays, to be settled by the next caller.
 
@@ -61,6 +61,7 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     exp_dir = Path(exp_dir)
     plan = st["plan"]
     given = given or {}
+    tracked = reason != "launch"  # a launch is all or nothing: its state is written only if it all went out
     throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
     submitted: list[str] = []
     try:
@@ -88,18 +89,21 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
                                           [(i, n, attempts[i]) for i, n in chosen], spec, reason)
                 if resources:
                     intent["given"] = {n: given[n] for _, n in chosen}
-                st.setdefault("intents", []).append(intent)
-                statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
+                intents = st.setdefault("intents", []) if tracked else []
+                intents.append(intent)
+                if tracked:
+                    statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
                 try:
                     job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
-                                                     options=[*options, *resources], tag=intent["tag"]))
+                                                     options=[*options, *resources],
+                                                     tag=intent["tag"] if tracked else None))
                 except SchedulerTimeout as err:
                     intent["unknown"] = str(err)
                     raise
                 except BaseException:
-                    st["intents"].remove(intent)
+                    intents.remove(intent)
                     raise
-                st["intents"].remove(intent)
+                intents.remove(intent)
                 submitted.append(job_id)
                 previous = job_id
                 _record_array(exp_dir, st, job_id, intent)

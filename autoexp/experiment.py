@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import actions, backends, model, statefile, statusview
-from .errors import AutoexpError, InputError, SchedulerTimeout
+from .errors import AutoexpError, InputError
 from .jobstates import FAILED, TERMINAL
 from .model import Attempt, State
 from .scheduler import Scheduler
@@ -78,10 +78,6 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
         result.sidecar = actions.submit_sidecar(exp_dir, st, sched)
         try:
             result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch")
-        except SchedulerTimeout as err:
-            sched.cancel([result.sidecar])
-            raise AutoexpError(f"{err}: `autoexp resume {exp_dir}` finds out and watches it, or "
-                               f"`autoexp cancel {exp_dir}`") from None
         except BaseException:
             sched.cancel([result.sidecar])
             raise
@@ -291,7 +287,7 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
     """Submit a new sidecar if none is alive; do nothing if one is, or if every run has ended."""
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
-        if not st.get("arrays") and not st.get("intents"):
+        if not st.get("arrays"):
             raise InputError("this experiment was planned but never launched: run `autoexp launch` "
                              "with its config", str(exp_dir), "EXP")
         sched = backends.of_experiment(exp_dir, st)

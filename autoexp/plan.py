@@ -63,11 +63,10 @@ class Plan:
                 if any(final.iterdir()):
                     raise self.config.error(
                         "name", f"{final} exists and is not an autoexp experiment; choose another name")
-            elif (previous := statefile.read(final)).get("arrays") or previous.get("intents"):
+            elif statefile.read(final).get("arrays"):
                 raise self.config.error(
-                    "name", f"experiment {final} was already launched (or an sbatch of it did not "
-                    "answer, and may have been accepted); use another name, or `autoexp retry`/"
-                    "`autoexp resume` on it")
+                    "name", f"experiment {final} was already launched; use another name, or "
+                    "`autoexp retry`/`autoexp resume` on it")
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.planning-", dir=final.parent))
         try:
             umask = os.umask(0)
