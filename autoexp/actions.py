@@ -7,12 +7,17 @@ state.json is exactly what the scheduler accepted.
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from . import model
-from .errors import AutoexpError
-from .model import PlannedArray, State
+from . import model, statefile
+from .errors import AutoexpError, SchedulerTimeout
+from .jobstates import Phase, phase
+from .model import Intent, State
 from .scheduler import Scheduler, Submission
 
 
@@ -32,39 +37,76 @@ def compress(tasks: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str) -> list[str]:
-    """Submit ``names`` as one array per planned array script; record them; return the job ids.
+# s: an intent the scheduler does not know of is dropped only this long after it was made: a
+# controller that hung may still be working through the requests it received meanwhile.
+NOT_MADE_AFTER = 60
 
-    Each run's attempt number is one more than its attempts so far. On a refused submission the
-    arrays this call already submitted are cancelled and the error is raised: the caller's state
-    is then not written, so nothing is recorded as submitted.
+
+def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str,
+                given: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Submit ``names`` as one array per planned array script and resource set; record them;
+    return the job ids.
+
+    Each run's attempt number is one more than its attempts so far; ``given`` (by run name) is
+    what a retry rule changed for it (sidecar/remedies.py): runs given other resources go out as
+    another array, with sbatch options that beat the script's lines. Each submission after the
+    launch is first written to state.json as an intent carrying a tag (see :func:`settle_intents`),
+    so that an answer lost to a kill or a timeout is found again, not submitted twice. On a refused
+    submission the arrays this call already submitted are cancelled and the error is raised; on
+    a timed-out one (SchedulerTimeout) its intent stays, to be settled by the next caller.
+
+    With ``max_parallel``, a retry array waits (``afterany``) for the arrays still running, so
+    that one cap holds for the whole sweep, not one per array.
     """
     exp_dir = Path(exp_dir)
     plan = st["plan"]
+    given = given or {}
+    tracked = reason != "launch"  # a launch is all or nothing: its state is written only if it all went out
     throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
     submitted: list[str] = []
     try:
         previous = None
         for array in plan["arrays"]:
             lo, hi = array["offset"], array["offset"] + array["count"]
-            chosen = sorted((st["runs"][n]["index"], n) for n in names if lo <= st["runs"][n]["index"] < hi)
-            if not chosen:
-                continue
-            attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
-            tasks = [index - lo for index, _ in chosen]
-            spec = compress(tasks) + throttle
-            env = {}
-            if any(a != 1 for a in attempts.values()):
-                common = max(set(attempts.values()), key=list(attempts.values()).count)
-                env["AUTOEXP_ATTEMPTS"] = " ".join(
-                    [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
-            options: list[str] = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
-                array.get("after_previous") and previous else []
-            job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
-                                             options=options))
-            submitted.append(job_id)
-            previous = job_id
-            _record_array(exp_dir, st, job_id, array, chosen, attempts, spec, reason)
+            sets: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+            for name in names:
+                if lo <= st["runs"][name]["index"] < hi:
+                    sets.setdefault(tuple(resource_options(given.get(name))), []).append(
+                        (st["runs"][name]["index"], name))
+            for resources, chosen in sorted(sets.items()):
+                chosen.sort()
+                attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
+                spec = compress(index - lo for index, _ in chosen) + throttle
+                env = {}
+                if any(a != 1 for a in attempts.values()):
+                    common = max(set(attempts.values()), key=list(attempts.values()).count)
+                    env["AUTOEXP_ATTEMPTS"] = " ".join(
+                        [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
+                after = [previous] if reason == "launch" and array.get("after_previous") and previous else \
+                    running_arrays(st) if reason != "launch" and throttle else []
+                options = [f"--dependency=afterany:{':'.join(after)}"] if after else []
+                intent = model.new_intent(secrets.token_hex(6), array["script"], lo,
+                                          [(i, n, attempts[i]) for i, n in chosen], spec, reason)
+                if resources:
+                    intent["given"] = {n: given[n] for _, n in chosen}
+                intents = st.setdefault("intents", []) if tracked else []
+                intents.append(intent)
+                if tracked:
+                    statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
+                try:
+                    job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
+                                                     options=[*options, *resources],
+                                                     tag=intent["tag"] if tracked else None))
+                except SchedulerTimeout as err:
+                    intent["unknown"] = str(err)
+                    raise
+                except BaseException:
+                    intents.remove(intent)
+                    raise
+                intents.remove(intent)
+                submitted.append(job_id)
+                previous = job_id
+                _record_array(exp_dir, st, job_id, intent)
     except BaseException:
         if submitted:
             try:
@@ -75,19 +117,70 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     return submitted
 
 
-def _record_array(exp_dir: Path, st: State, job_id: str, array: PlannedArray, chosen: list[tuple[int, str]],
-                  attempts: dict[int, int], spec: str, reason: str) -> None:
+def resource_options(given: dict[str, Any] | None) -> list[str]:
+    """The sbatch options that give an attempt what a retry rule changed (mem, time, exclude)."""
+    return [f"--{key}={given[key]}" for key in ("mem", "time", "exclude") if given and given.get(key)]
+
+
+def running_arrays(st: State) -> list[str]:
+    """The experiment's arrays that still have a task not ended (as last seen)."""
+    active = {run["job_id"].split("_")[0] for run in st["runs"].values()
+              if run["job_id"] and phase(run["state"]) < Phase.ENDED}
+    return [a["job_id"] for a in st["arrays"] if a["job_id"] in active]
+
+
+def settle_intents(exp_dir: Path, st: State, sched: Scheduler) -> set[str]:
+    """Find out what became of the submissions recorded as intents (their answer was lost): one
+    the scheduler has is recorded as if the answer had come; one it does not have was never made
+    and is dropped. Returns the names of the runs whose submission is still unknown (the
+    scheduler cannot tell now): nothing may be submitted for them until it can."""
+    unknown: set[str] = set()
+    for intent in list(st.get("intents") or []):
+        try:
+            found = sched.find(Path(exp_dir) / intent["script"], intent["tag"],
+                               (model.parse_time(intent["time"]) or dt.datetime.now(dt.timezone.utc))
+                               - dt.timedelta(minutes=10))
+        except AutoexpError as err:
+            unknown.update(name for _, name, _ in intent["runs"])
+            model.log(st, "SUBMIT_UNKNOWN", intent["script"], Tag=intent["tag"], Error=str(err),
+                      Result="its runs wait until the scheduler can tell whether it was accepted")
+            continue
+        if not found and time.time() - (model.epoch(intent["time"]) or 0) < NOT_MADE_AFTER:
+            unknown.update(name for _, name, _ in intent["runs"])  # a controller catching up may yet accept it
+            continue
+        st["intents"].remove(intent)
+        if not found:
+            model.log(st, "SUBMIT_NOT_MADE", intent["script"], Tag=intent["tag"],
+                      Result="the scheduler has no such submission: it was never accepted")
+            continue
+        if len(found) > 1:
+            sched.cancel(found[1:])
+        _record_array(exp_dir, st, found[0], intent)
+        model.log(st, "SUBMIT_FOUND", intent["script"], Job_ID=found[0], Tag=intent["tag"],
+                  Result="accepted although its answer was lost; recorded now",
+                  Cancelled=", ".join(found[1:]) or None)
+    return unknown
+
+
+def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None:
     when = model.now()
-    st["arrays"].append(model.new_array(job_id, spec.split("%")[0], max(attempts.values()), array["script"],
-                                        array["offset"], when, reason))
-    for index, name in chosen:
-        task = index - array["offset"]
+    reason, spec, offset = intent["reason"], intent["spec"], intent["offset"]
+    attempt = max(a for _, _, a in intent["runs"])
+    st["arrays"].append(model.new_array(job_id, spec.split("%")[0], attempt, intent["script"], offset, when,
+                                        reason))
+    given = intent.get("given") or {}
+    for index, name, number in intent["runs"]:
+        task = index - offset
         model.add_attempt(st["runs"][name], model.new_attempt(
-            attempts[index], f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task)))
+            number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task),
+            given=given.get(name)))
     kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
-    model.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,
-              Runs=len(chosen) if len(chosen) > 5 else ", ".join(n for _, n in chosen),
-              Attempt=max(attempts.values()), Reason=None if reason == "launch" else reason)
+    runs = intent["runs"]
+    whys = sorted({g["why"] for g in given.values() if g.get("why")})
+    model.log(st, kind, intent["script"], when, Job_ID=job_id, Tasks=spec,
+              Runs=len(runs) if len(runs) > 5 else ", ".join(n for _, n, _ in runs),
+              Attempt=attempt, Reason=None if reason == "launch" else reason,
+              Given="; ".join(whys) or None)
 
 
 def submit_sidecar(exp_dir: Path, st: State, sched: Scheduler, options: tuple = (), reason: str = "launch",

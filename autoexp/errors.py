@@ -23,3 +23,8 @@ class InputError(AutoexpError):
 
 class SchedulerError(AutoexpError):
     """The scheduler refused or failed a call; carries its stderr for the message."""
+
+
+class SchedulerTimeout(SchedulerError):
+    """The scheduler did not answer in time: what it was asked may or may not have been done (a
+    timed-out sbatch is "unknown", not "refused")."""

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
     result = LaunchResult(config.exp_dir, sched.name, dry_run=dry_run, text=built.submissions_text())
     if dry_run:
         return result
+    check_python(config)
     exp_dir = built.write()
     # The sidecar goes first so that it does not queue behind its own array; the lock is held
     # across the submissions, so its first poll waits until every id is recorded.
@@ -80,6 +82,16 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
             sched.cancel([result.sidecar])
             raise
     return result
+
+
+def check_python(config: Config) -> None:
+    """The config's ``python:`` must run here: the sidecar job starts with it, and one that exits
+    127 leaves nothing watching. Checked at launch, not in the plan (a plan may be rendered for
+    another machine)."""
+    python = config.get("python")
+    if python and shutil.which(str(python)) is None:
+        raise config.error("python", f"{python!r} is not an executable program on this machine "
+                                     "(the sidecar and the runs start with it)")
 
 
 def output_dir(default: str | None = None) -> Path:
@@ -173,12 +185,14 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
         sched = backends.of_experiment(exp_dir, st)
         if runs:
             names = _select(exp_dir, st, runs)
+            _catch_up(exp_dir, st, sched)
             for name in names:
                 if st["runs"][name]["state"] in TERMINAL:
                     raise InputError(f"run {name!r} has already finished ({st['runs'][name]['state']}); "
                                      "nothing cancelled", str(exp_dir), "RUN")
             return {"exp_dir": exp_dir, "runs": names, "jobs": actions.cancel_runs(st, sched, names, "user"),
                     "sidecar": None}
+        _catch_up(exp_dir, st, sched)
         names = sorted((n for n, r in st["runs"].items() if r["state"] not in TERMINAL),
                        key=lambda n: st["runs"][n]["index"])
         if not names:
@@ -199,6 +213,27 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
         return {"exp_dir": exp_dir, "runs": names, "jobs": jobs, "sidecar": sidecar}
 
 
+def _catch_up(exp_dir: Path, st: State, sched: Scheduler) -> None:
+    """Bring the runs up to what the scheduler says before cancelling (the sidecar may be dead,
+    or a poll behind): a submission whose answer was lost is found first, and a run that has
+    finished is not marked CANCELLED. Cancelling blind is
+    refused: the state would disagree with the scheduler for good."""
+    from .sidecar import Poll, PollResult, Settings, query_targets
+
+    if actions.settle_intents(exp_dir, st, sched):
+        raise AutoexpError(f"{exp_dir}: whether an earlier submission was accepted is not known yet "
+                           f"(the scheduler does not answer); nothing cancelled, try again")
+    ids, window = query_targets(st)
+    if not ids:
+        return
+    try:
+        records = sched.query(ids, window)
+    except AutoexpError as err:
+        raise AutoexpError(f"{exp_dir}: cannot ask {sched.name} which runs have finished ({err}); "
+                           "nothing cancelled, try again") from None
+    Poll(exp_dir, st, sched, Settings.load(exp_dir), PollResult()).apply(records, time.time())
+
+
 def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | None = None) -> dict:
     """Resubmit finished runs (chosen, or every failed one) as one new array attempt.
 
@@ -209,6 +244,8 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
         raise InputError("give the runs to retry, or --failed (not both)", "RUN")
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
+        sched = backends.of_experiment(exp_dir, st)
+        unknown = actions.settle_intents(exp_dir, st, sched)
         if failed:
             names = sorted((n for n, r in st["runs"].items() if r["state"] in FAILED),
                            key=lambda n: st["runs"][n]["index"])
@@ -219,9 +256,11 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
                     raise InputError(f"run {name!r} is {st['runs'][name]['state']}: only a finished run "
                                      "can be retried (cancel it first)", str(exp_dir), "RUN")
         result: dict[str, Any] = {"exp_dir": exp_dir, "runs": names, "arrays": [], "sidecar": None}
+        if unknown & set(names):
+            raise AutoexpError(f"{exp_dir}: whether an earlier submission of {', '.join(sorted(unknown & set(names)))} "
+                               "was accepted is not known yet (the scheduler does not answer); try again later")
         if not names:
             return result
-        sched = backends.of_experiment(exp_dir, st)
         watched = watcher(exp_dir, st, sched) != "none"
         result["arrays"] = actions.submit_runs(exp_dir, st, sched, names, "retry")
         for name in names:

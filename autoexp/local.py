@@ -57,7 +57,7 @@ class LocalScheduler(Scheduler):
         job_id = self._next_id()
         record = {"id": job_id, "script": str(script), "array": array is not None,
                   "throttle": throttle, "runner": None, "cwd": str(self.exp_dir),
-                  "env": dict(sub.env), "name": directives.get("job-name", script.name),
+                  "env": dict(sub.env), "name": directives.get("job-name", script.name), "tag": sub.tag,
                   "output": directives.get("output", "slurm-%j.out"),
                   "time_limit": slurm_time_seconds(directives.get("time")),
                   "tasks": {str(t): {"state": "PENDING", "submitted": now()} for t in tasks}}
@@ -94,6 +94,14 @@ class LocalScheduler(Scheduler):
                     completed=info.get("completed"), elapsed_s=info.get("elapsed_s"),
                     exit_code=info.get("exit_code"), nodes="localhost" if info.get("started") else None))
         return records
+
+    def find(self, script: Path, tag: str, since: dt.datetime) -> list[str]:
+        found = []
+        for file in self.jobs.glob("*.json") if self.jobs.is_dir() else []:
+            job = read_job(file)
+            if job.get("tag") == tag and job.get("script") == str(script):
+                found.append(job["id"])
+        return sorted(found, key=int)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:

@@ -45,6 +45,8 @@ class Attempt(TypedDict):
     missing_since: NotRequired[str]  # when it went missing from accounting
     cancelled: NotRequired[str]  # who cancelled it: never retried by a rule
     retry: NotRequired[str]  # why a retry followed it ("none left": none could)
+    failure: NotRequired[str]  # how it failed: its state, or OUT_OF_MEMORY when its log says so
+    given: NotRequired[dict[str, Any]]  # what a retry rule changed for it, and why (remedies)
 
 
 class Event(TypedDict):
@@ -107,6 +109,22 @@ class ArrayRecord(TypedDict):
     reason: str
 
 
+class Intent(TypedDict):
+    """A submission about to be made (written before sbatch runs), kept until its fate is known: a
+    sidecar killed after sbatch accepted it, or an sbatch that timed out, leaves it to be found
+    again by its tag instead of being submitted twice."""
+
+    tag: str  # the mark only this submission carries (in its job name)
+    script: str  # relative to the experiment directory
+    offset: int  # run index of task 0
+    runs: list[list[Any]]  # [run index, run name, attempt number] of each task
+    spec: str  # the --array value
+    reason: str
+    time: str  # when it was made
+    unknown: NotRequired[str]  # why its fate is not known yet (sbatch timed out, ...)
+    given: NotRequired[dict[str, dict[str, Any]]]  # per run name, what a retry rule changed
+
+
 class Entry(TypedDict):
     """One entry of the history, which events.log shows."""
 
@@ -130,6 +148,7 @@ class Plan(TypedDict):
     arrays: list[PlannedArray]
     sidecar: str  # the sidecar's script
     max_parallel: int | None
+    config_dir: NotRequired[str]  # the config file's directory (templates re-rendered for a retry)
 
 
 class Query(TypedDict, total=False):
@@ -162,6 +181,7 @@ class State(TypedDict):
     runs: dict[str, Run]
     history: list[Entry]
     plan: NotRequired[Plan]
+    intents: NotRequired[list[Intent]]
     query: NotRequired[Query]
     events_log: NotRequired[EventsMark]
 
@@ -219,10 +239,10 @@ def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, schedul
     return state
 
 
-def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None) -> Plan:
+def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None, config_dir: str) -> Plan:
     return {"arrays": [{"script": a.script, "offset": a.offset, "count": a.count, "spec": a.spec,
                         "after_previous": a.after_previous} for a in arrays],
-            "sidecar": sidecar, "max_parallel": max_parallel}
+            "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir}
 
 
 def query_of(state: State) -> Query:
@@ -251,15 +271,22 @@ def task_log(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
     return str(Path(exp_dir) / "runs" / run_name / f"slurm-{array_job}_{task}.out")
 
 
-def new_attempt(number: int, job_id: str, submitted: str | None, log: str) -> Attempt:
-    """A submitted allocation: waiting until accounting says otherwise."""
-    return {"attempt": number, "job_id": job_id, "state": "PENDING", "submitted": submitted, "started": None,
-            "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None, "log": log}
+def new_attempt(number: int, job_id: str, submitted: str | None, log: str,
+                state: str = "PENDING", given: dict[str, Any] | None = None) -> Attempt:
+    """A submitted allocation: waiting until accounting says otherwise; ``given`` is what a retry
+    rule changed for it (memory, time, a parameter, an excluded node) and why."""
+    attempt: Attempt = {"attempt": number, "job_id": job_id, "state": state, "submitted": submitted,
+                        "started": None, "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None,
+                        "log": log}
+    if given:
+        attempt["given"] = given
+    return attempt
 
 
 def requeued_attempt(previous: Attempt, submitted: str | None) -> Attempt:
     """Slurm put the same task back in the queue: a new allocation, appending to the same log."""
-    attempt = new_attempt(previous["attempt"] + 1, previous["job_id"], submitted, previous["log"])
+    attempt = new_attempt(previous["attempt"] + 1, previous["job_id"], submitted, previous["log"],
+                          given=previous.get("given"))
     attempt["requeued"] = True
     return attempt
 
@@ -293,6 +320,12 @@ def new_array(job_id: str, tasks: str, attempt: int, script: str, offset: int, s
               reason: str) -> ArrayRecord:
     return {"job_id": job_id, "tasks": tasks, "attempt": attempt, "script": script, "offset": offset,
             "submitted": submitted, "reason": reason}
+
+
+def new_intent(tag: str, script: str, offset: int, runs: Iterable[tuple[int, str, int]], spec: str,
+               reason: str) -> Intent:
+    return {"tag": tag, "script": script, "offset": offset, "runs": [list(r) for r in runs], "spec": spec,
+            "reason": reason, "time": now()}
 
 
 def new_event(name: str, when: str, groups: dict[str, Any], attempt: int | None = None) -> Event:

@@ -55,6 +55,7 @@ class Plan:
     def write(self) -> Path:
         """Create the experiment directory atomically; refuse to replace a launched experiment."""
         final = self.exp_dir
+        self._check_output_dir()
         final.parent.mkdir(parents=True, exist_ok=True)
         old_state = final / statefile.STATE
         if final.exists():
@@ -84,6 +85,17 @@ class Plan:
             raise
         return final
 
+    def _check_output_dir(self) -> None:
+        """``output_dir`` must be, or be creatable as, a directory this user may write in: found
+        before anything is created, so a refusal leaves nothing behind."""
+        probe = self.exp_dir.parent
+        while not os.path.lexists(probe):
+            probe = probe.parent
+        problem = "is not a directory" if not probe.is_dir() else \
+            "is not writable by you" if not os.access(probe, os.W_OK | os.X_OK) else ""
+        if problem:
+            raise self.config.error("output_dir", f"{probe} {problem}")
+
     def _populate(self, root: Path) -> None:
         for rel, content in self.files.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +114,8 @@ class Plan:
             for task in range(array.count):
                 (index_dir / str(task)).symlink_to(Path("..", "..", "runs", self.runs[array.offset + task].name))
         (root / "logs").mkdir()
-        plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"))
+        plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"),
+                              str(Path(self.config.source).absolute().parent))
         st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
         statefile.write(root, st)
 
@@ -231,6 +244,17 @@ def render_task(config: Config, run: sweep.Run, exp_dir: Path) -> dict:
     }
 
 
+def check_retry_params(config: Config, runs: list[sweep.Run]) -> None:
+    """A retry rule's parameter templates (``monitor.retries.rules.<class>.params``) render for
+    every run now, so a misspelt name fails the plan, not the sidecar's retry."""
+    rules = ((config.get("monitor") or {}).get("retries") or {}).get("rules") or {}
+    for cls, rule in rules.items():
+        for key, template in (rule.get("params") or {}).items():
+            where = config.where(f"monitor.retries.rules.{cls}.params.{key}")
+            for run in runs:
+                render.render(template, run.params, "plain", where)
+
+
 def split(n_runs: int, max_array_size: int, max_parallel: int | None) -> list[ArrayPlan]:
     """One array if it fits under MaxArraySize, else consecutive arrays of at most that size."""
     throttle = f"%{max_parallel}" if max_parallel else ""
@@ -250,6 +274,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     runs = sweep.expand(config, exp_dir)
     site.check(config, len(runs))
     tasks = [render_task(config, run, exp_dir) for run in runs]
+    check_retry_params(config, runs)
     arrays = split(len(runs), max_array_size, config.get("max_parallel"))
     env = environment()
     plan = Plan(config, exp_dir, scheduler_name, runs, arrays)

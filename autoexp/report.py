@@ -51,6 +51,14 @@ def run_log(run: Run) -> str | None:
     return attempts[-1].get("log") if attempts else None
 
 
+def given_text(given: dict[str, Any]) -> str:
+    """What a retry rule gave an attempt, short: ``mem=400M time=0-00:02:00 batch_size=32 (OUT_OF_MEMORY)``."""
+    words = [f"{k}={given[k]}" for k in ("mem", "time", "exclude") if given.get(k)]
+    words += [f"{k}={v}" for k, v in (given.get("params") or {}).items()]
+    cls = str(given.get("why") or "").split(":")[0]
+    return " ".join(words) + (f" ({cls})" if cls else "")
+
+
 def notes(run: Run, exp_dir: str = "") -> str:
     """The Notes column: elapsed, allocations, last metrics, latest event, and for a failure its log."""
     parts = []
@@ -59,6 +67,8 @@ def notes(run: Run, exp_dir: str = "") -> str:
     attempts = run.get("attempts") or []
     if len(attempts) > 1:
         parts.append(f"{len(attempts)} allocations")
+    if attempts and attempts[-1].get("given"):
+        parts.append(f"attempt {attempts[-1]['attempt']} given {given_text(attempts[-1]['given'])}")
     metrics = run.get("metrics") or {}
     if metrics:
         parts.append(" ".join(f"{k}={format_value(v)}" for k, v in metrics.items()))

@@ -48,6 +48,7 @@ class Submission:
     array: str | None = None  # "0-7%4", "3,17,42%4"
     env: Mapping[str, str] = field(default_factory=dict)
     options: Sequence[str] = ()  # extra sbatch options, e.g. ("--begin=now+60",)
+    tag: str | None = None  # a mark only this submission carries, to find it again (see find)
 
 
 class Scheduler(abc.ABC):
@@ -75,6 +76,11 @@ class Scheduler(abc.ABC):
     def max_array_size(self) -> int:
         """Task ids of one array must be below this."""
 
+    def find(self, script: Path, tag: str, since: dt.datetime) -> list[str]:
+        """The job ids of the submissions of ``script`` that carry ``tag`` (none: it was never
+        accepted); raise SchedulerError when the scheduler cannot tell now."""
+        raise NotImplementedError(f"the {self.name} scheduler cannot find a submission again")
+
     def requeue(self, job_ids: Sequence[str]) -> None:
         raise NotImplementedError(f"the {self.name} scheduler cannot requeue")
 
@@ -82,6 +88,10 @@ class Scheduler(abc.ABC):
         """Whether a job of ``script`` that ended in ``state`` is put back in the queue by the
         scheduler itself (Slurm does so after NODE_FAIL unless --no-requeue)."""
         return False
+
+    def max_time(self, partition: str | None) -> float | None:
+        """The longest time limit a job may ask for in ``partition`` (None: no limit known)."""
+        return None
 
     def end_time(self, job_id: str) -> dt.datetime | None:
         """When a running job hits its time limit, if the scheduler says (None: unknown)."""

@@ -8,6 +8,7 @@ naming the file the value came from.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import shlex
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from .durations import SLURM_TIME_RE, parse_duration
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ACTIONS = ("log", "cancel", "retry")
+MIN_INTERVAL = 1.0  # s: the shortest monitor.interval (sacct back to back serves nobody)
 SIDECAR_MODES = ("job", "chain")
 
 # Long options of sbatch (22.05); a typo in `slurm:` is caught here instead of by a refused job.
@@ -33,6 +35,11 @@ reservation signal sockets-per-node spread-job switches test-only thread-spec th
 time-min tmp uid use-min-nodes verbose wait wait-all-nodes wckey wrap
 """.split())
 # Options autoexp sets itself: a value from the user would break how runs find their logs.
+# Options that count something (nodes, tasks, CPUs): a positive whole number, or for --nodes a
+# range of them ("2-4"); sbatch would take "-4" as another option or pass a nonsense request on.
+SBATCH_COUNTS = frozenset({"nodes", "ntasks", "cpus-per-task", "ntasks-per-node", "ntasks-per-socket",
+                           "ntasks-per-core", "ntasks-per-gpu", "cpus-per-gpu", "mincpus",
+                           "sockets-per-node", "cores-per-socket", "threads-per-core"})
 SBATCH_MANAGED = frozenset({"array", "output", "error", "parsable", "wrap", "test-only", "wait", "open-mode",
                             "chdir"})
 
@@ -73,14 +80,28 @@ def integer(minimum: int = 0) -> Check:
     return check
 
 
-def number(minimum: float = 0.0) -> Check:
+def number(minimum: float = 0.0, at_least: float | None = None) -> Check:
+    """A finite number greater than ``minimum`` (or, with ``at_least``, no smaller than that)."""
     def check(value, path):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(path, f"expected a number, got {type_name(value)} {value!r}")
+        if not math.isfinite(value):
+            raise Invalid(path, f"must be a finite number, got {value}")
+        if at_least is not None and value < at_least:
+            raise Invalid(path, f"must be at least {at_least:g}, got {value:g}")
         if value <= minimum:
             raise Invalid(path, f"must be greater than {minimum:g}, got {value}")
         return value
     return check
+
+
+def experiment_name(value, path):
+    """A name that is one directory under ``output_dir``: not ``.``, ``..`` or an option."""
+    text = string(NAME_RE, "letters, digits, . _ -")(value, path)
+    if text in (".", "..") or text.startswith("-"):
+        raise Invalid(path, f"{text!r} is not valid (it must name a directory of its own, "
+                            "and not start with '-')")
+    return text
 
 
 def slurm_time(value, path):
@@ -96,8 +117,8 @@ def duration(value, path):
         seconds = parse_duration(value)
     except ValueError:
         raise Invalid(path, f"{value!r} is not a duration (use 90s, 30m, 2h, 1d or HH:MM:SS)") from None
-    if seconds <= 0:
-        raise Invalid(path, "must be longer than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise Invalid(path, "must be longer than zero, and finite")
     return value
 
 
@@ -173,6 +194,10 @@ def sbatch_value(value, path):
     text = str(value)
     if "\n" in text or '"' in text:
         raise Invalid(path, "newlines and double quotes are not allowed in an sbatch option")
+    if path.rpartition(".")[2].replace("_", "-") in SBATCH_COUNTS and \
+            not re.fullmatch(r"0*[1-9]\d*(-0*[1-9]\d*)?", text):
+        raise Invalid(path, f"{text!r} is not a count (a whole number of at least 1"
+                            f"{', or a range like 2-4' if path.endswith('nodes') else ''})")
     if path.endswith((".time", ".time-min", ".time_min")):
         slurm_time(text, path)
     return value
@@ -229,6 +254,24 @@ def requeue(value, path):
     return REQUEUE(value, path) if value else {}
 
 
+def true_or_false(value, path):
+    if not isinstance(value, bool):
+        raise Invalid(path, f"expected true or false, got {type_name(value)} {value!r}")
+    return value
+
+
+def failure_class(key, path):
+    return string(re.compile(r"^[A-Z][A-Z_]*$"), "a Slurm state in capitals, like OUT_OF_MEMORY")(key, path)
+
+
+# What the next attempt of a run that failed this way gets (see sidecar/remedies.py).
+RETRY_RULE = mapping({
+    "mem": number(at_least=1.0),  # mem times this
+    "time": number(at_least=1.0),  # time times this, at most the partition's MaxTime
+    "params": mapping({}, values=string()),  # templates over the run's parameters
+    "exclude_node": true_or_false,  # the node(s) it failed on are excluded
+})
+
 EVENT = mapping({
     "name": string(NAME_RE, "letters, digits, . _ -"),
     "pattern": regex,
@@ -251,12 +294,13 @@ COMMON_FIELDS: dict[str, Check] = {
         "options": list_of(string(), allow_scalar=True),
     }),
     "monitor": mapping({
-        "interval": number(),
+        "interval": number(at_least=MIN_INTERVAL),
         "stall_after": duration,
         "stall_action": string(re.compile(rf"^({'|'.join(ACTIONS)})$"), f"one of {', '.join(ACTIONS)}"),
         "events": list_of(EVENT),
         "metrics": mapping({}, values=regex),
-        "retries": mapping({"max": integer(0), "on": list_of(string())}),
+        "retries": mapping({"max": integer(0), "on": list_of(string()),
+                            "rules": mapping({}, values=RETRY_RULE, keys=failure_class)}),
     }),
     "sidecar": sbatch_options({
         "mode": string(re.compile(rf"^({'|'.join(SIDECAR_MODES)})$"), " or ".join(SIDECAR_MODES)),
@@ -271,19 +315,13 @@ COMMON_FIELDS: dict[str, Check] = {
 }
 
 CONFIG = mapping({
-    "name": string(NAME_RE, "letters, digits, . _ -"),
+    "name": experiment_name,
     "site": string(),
     "command": string(),
     "run_name": string(),
     "sweep": mapping({"grid": _grid, "list": _sweep_points, "exclude": _sweep_points}),
     **COMMON_FIELDS,
 }, required=("name", "command"))
-
-def true_or_false(value, path):
-    if not isinstance(value, bool):
-        raise Invalid(path, f"expected true or false, got {type_name(value)} {value!r}")
-    return value
-
 
 SITE = mapping({
     "description": string(),

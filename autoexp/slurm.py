@@ -17,7 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import SchedulerError
+from .durations import slurm_time_seconds
+from .errors import SchedulerError, SchedulerTimeout
 from .scheduler import JobRecord, Scheduler, Submission, expand_range
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
@@ -26,6 +27,9 @@ TIMEOUTS = {"sbatch": 120, "sacct": 120, "scancel": 60, "scontrol": 30, "squeue"
 # Slurm sets these only in some jobs (a requeued one): a sidecar that was requeued must not pass
 # them on to what it submits, where they would count requeues that never happened.
 NOT_INHERITED = frozenset({"SLURM_RESTART_COUNT"})
+# sbatch's words when the controller did not answer: the job may have been accepted all the same.
+LOST_ANSWER = re.compile(r"timed out|Unable to contact|Zero Bytes were transmitted|Connection reset|"
+                         r"Socket|Communication connection failure", re.I)
 _ARRAY_ID = re.compile(r"^(\d+)_(\d+)$")
 _ARRAY_PENDING = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
 _UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")  # SLURM_TIME_FORMAT, in UTC (TZ=UTC)
@@ -41,7 +45,7 @@ def run(argv: Sequence[str], env: dict | None = None, timeout: float | None = No
     except FileNotFoundError:
         raise SchedulerError(f"{tool} not found on PATH: is this a Slurm login node?") from None
     except subprocess.TimeoutExpired as err:
-        raise SchedulerError(f"{tool} did not answer within {err.timeout:.0f}s") from None
+        raise SchedulerTimeout(f"{tool} did not answer within {err.timeout:.0f}s") from None
     if check and proc.returncode != 0:
         message = (proc.stderr or proc.stdout).strip().replace("\n", " | ")
         raise SchedulerError(f"{tool} failed (exit {proc.returncode}): {message}")
@@ -60,13 +64,20 @@ class SlurmScheduler(Scheduler):
         # beats both, so the account the plan wrote (and config.yaml records) is the one billed.
         account = read_directives(sub.script).get("account")
         argv = ["sbatch", "--parsable", *([f"--account={account}"] if account else []), *sub.options]
+        if sub.tag:
+            argv.append(f"--job-name={tagged_name(sub.script, sub.tag)}")
         if sub.array is not None:
             argv.append(f"--array={sub.array}")
         argv.append(str(sub.script))
         env = {**{k: v for k, v in os.environ.items() if k not in NOT_INHERITED}, **sub.env}
-        proc = run(argv, env=env, check=False)
+        try:
+            proc = run(argv, env=env, check=False)
+        except SchedulerTimeout as err:
+            raise SchedulerTimeout(f"sbatch {sub.script.name}: {err}; it may have been accepted") from None
         if proc.returncode != 0:
             message = (proc.stderr or proc.stdout).strip().replace("\n", " | ")
+            if LOST_ANSWER.search(message):
+                raise SchedulerTimeout(f"sbatch {sub.script.name}: {message}; it may have been accepted")
             raise SchedulerError(f"sbatch refused {sub.script.name}: {message}")
         job_id = proc.stdout.strip().split(";")[0]
         if not job_id.isdigit():
@@ -80,6 +91,18 @@ class SlurmScheduler(Scheduler):
                 f"--format={','.join(SACCT_FIELDS)}", f"--jobs={','.join(job_ids)}",
                 f"--starttime={since.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"]
         return parse_sacct(run(argv, env=utc_env(), timeout=self.query_timeout).stdout)
+
+    def find(self, script: Path, tag: str, since: dt.datetime) -> list[str]:
+        """Asks the controller (squeue keeps a job MinJobAge after its end) and accounting; both
+        must answer for "not there" to mean it was never accepted."""
+        name = tagged_name(script, tag)
+        queued = run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%F"]).stdout
+        accounted = run(["sacct", "--noheader", "--parsable2", "--allocations", f"--name={name}",
+                         "--format=JobID", f"--starttime={since.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"],
+                        env=utc_env()).stdout
+        found = {line.strip() for line in queued.splitlines() if line.strip().isdigit()}
+        found |= {line.split("_")[0].split(".")[0] for line in accounted.splitlines() if line[:1].isdigit()}
+        return sorted(found, key=int)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
@@ -110,6 +133,11 @@ class SlurmScheduler(Scheduler):
     def end_time(self, job_id: str) -> dt.datetime | None:
         return parse_end_time(run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%e"], env=utc_env()).stdout)
 
+    def max_time(self, partition: str | None) -> float | None:
+        """MaxTime of ``partition`` (or the default one) from ``scontrol show partition``."""
+        out = run(["scontrol", "show", "partition", *([partition] if partition else [])]).stdout
+        return partition_max_time(out, partition)
+
     def mute_mail(self, job_id: str) -> None:
         run(["scontrol", "update", f"jobid={job_id}", "MailType=NONE"])
 
@@ -138,6 +166,21 @@ def parse_end_time(text: str) -> dt.datetime | None:
 def cluster_max_array_size() -> int:
     value = cluster_config().get("MaxArraySize", "")
     return int(value) if value.isdigit() else 1001
+
+
+def partition_max_time(text: str, partition: str | None) -> float | None:
+    """MaxTime in seconds of the named partition (else the Default=YES one) in ``scontrol show
+    partition`` output; None when UNLIMITED or not found."""
+    for block in re.split(r"\n(?=PartitionName=)", text.strip()):
+        fields = dict(re.findall(r"(\w+)=(\S*)", block))
+        if (fields.get("PartitionName") == partition) if partition else fields.get("Default") == "YES":
+            return slurm_time_seconds(fields.get("MaxTime"))
+    return None
+
+
+def tagged_name(script: Path, tag: str) -> str:
+    """The job name of a tagged submission: the script's own name with the tag after it."""
+    return f"{script_directives(Path(script)).get('job-name') or Path(script).stem}.{tag}"
 
 
 def read_directives(script: Path) -> dict[str, str]:

@@ -184,7 +184,10 @@ def elapsed(run: Run, now: dt.datetime) -> str:
 
 def row(name: str, run: Run, now: dt.datetime, trend_text: str) -> list[str]:
     metrics = " ".join(f"{k}={report.format_value(v)}" for k, v in (run.get("metrics") or {}).items())
-    return [name, run["state"], run.get("job_id") or "-", elapsed(run, now), str(len(run.get("attempts") or [])),
+    attempts = run.get("attempts") or []
+    given = attempts[-1].get("given") if attempts else None
+    tries = str(len(attempts)) + (f" {report.given_text(given)}" if given else "")
+    return [name, run["state"], run.get("job_id") or "-", elapsed(run, now), tries,
             trend_text, metrics or "-", report.latest_event(run) or "-"]
 
 

@@ -8,6 +8,7 @@ name that is safe as a directory name and unique in the experiment.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,9 @@ from .errors import InputError
 
 RESERVED = ("run_name", "run_index", "run_dir", "exp_dir", "config_dir", "attempt")
 UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+-]+")
+# The most points a sweep may name (grid and list, before exclude): counted before any is made, so
+# a typo that multiplies the grid is refused at once instead of growing memory for minutes.
+MAX_POINTS = 100_000
 
 
 @dataclass
@@ -35,6 +39,10 @@ def points(config) -> list[dict]:
     if sweep is None:
         return [{}]
     grid = sweep.get("grid") or {}
+    named = (math.prod(len(axis) for axis in grid.values()) if grid else 0) + len(sweep.get("list") or [])
+    if named > MAX_POINTS:
+        raise config.error("sweep", f"the sweep names {named:,} points; at most {MAX_POINTS:,} are "
+                           "allowed (split it into several experiments)")
     found = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else []
     found += [dict(p) for p in sweep.get("list") or []]
     for rule in sweep.get("exclude") or []:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -19,6 +20,30 @@ class Loader(yaml.SafeLoader):
     """YAML as PyYAML reads it, with two YAML 1.2 rules: ``1e-5`` is a float, not a string, and only
     ``true``/``false`` are booleans, so ``on:`` (retries.on) is a key and ``yes``/``no``/``off``
     are strings, not YAML 1.1's booleans."""
+
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A key written twice is refused: the later one would silently win (and drop, say, the
+        retries the earlier one set)."""
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base class says so
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+# What one config may hold once its aliases are expanded: far more than any real config, far less
+# than a "billion laughs" document that would take gigabytes to walk.
+MAX_VALUES = 200_000
 
 
 Loader.yaml_implicit_resolvers = {
@@ -36,9 +61,14 @@ Loader.add_implicit_resolver(
 
 def read_yaml(path: Path, what: str = "config") -> dict:
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as err:
         raise InputError(f"cannot read {what}: {err.strerror}", str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line}", str(path)) from None
     try:
         data = yaml.load(text, Loader=Loader)
     except yaml.YAMLError as err:
@@ -50,7 +80,45 @@ def read_yaml(path: Path, what: str = "config") -> dict:
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"the top level must be a mapping, got {type_name(data)}", str(path))
+    check_values(data, str(path))
     return data
+
+
+def check_values(data: dict, source: str) -> None:
+    """Refuse what YAML can hold but a config must not: more than :data:`MAX_VALUES` values with
+    the aliases expanded (walked once per distinct node, so a bomb costs nothing to measure), a
+    recursive alias, and a NUL character (a shell would silently drop it)."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(value: Any, key: str) -> int:
+        if isinstance(value, str):
+            if "\0" in value:
+                raise InputError("a NUL character is not allowed (a shell would drop it)", source, key)
+            return 1
+        if not isinstance(value, (dict, list)):
+            return 1
+        if id(value) in sizes:
+            return sizes[id(value)]
+        if id(value) in busy:
+            raise InputError("a recursive alias (the value contains itself)", source, key)
+        busy.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        total = 1
+        for k, v in items:
+            sub = f"{key}.{k}" if isinstance(value, dict) and key else (str(k) if isinstance(value, dict)
+                                                                        else f"{key}[{k}]")
+            if isinstance(value, dict):
+                total += size(k, sub)
+            total += size(v, sub)
+            if total > MAX_VALUES:
+                raise InputError(f"more than {MAX_VALUES:,} values (aliases expanded): too large "
+                                 "for a config", source, key)
+        busy.discard(id(value))
+        sizes[id(value)] = total
+        return total
+
+    size(data, "")
 
 
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from .lease import LeaseLost, alive, holds
 from .loop import run
-from .poll import Poll, poll, reconcile
+from .poll import Poll, poll, query_targets, reconcile
 from .settings import Settings
 from .work import PollResult
 
-__all__ = ["LeaseLost", "Poll", "PollResult", "Settings", "alive", "holds", "poll", "reconcile", "run"]
+__all__ = ["LeaseLost", "Poll", "PollResult", "Settings", "alive", "holds", "poll", "query_targets", "reconcile", "run"]

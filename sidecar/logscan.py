@@ -43,8 +43,8 @@ class LogScan(Work):
         if cursor.get("final"):
             return
         over = phase(current["state"]) == Phase.ENDED
-        self._read(name, run, cursor, final=over)
-        if over:
+        more = self._read(name, run, cursor, final=over)
+        if over and not more:
             close(cursor)
         elif self.settings.stall_after and phase(current["state"]) == Phase.RUNNING and not cursor.get("stalled"):
             silent = self.now - (epoch(cursor.get("grown")) or self.now)
@@ -53,13 +53,21 @@ class LogScan(Work):
                 self._event(name, run, cursor, "stalled", {"silent_for": report.human_duration(silent)},
                             self.settings.stall_action)
 
-    def _read(self, name: str, run: Run, cursor: dict[str, Any], final: bool) -> None:
+    def _read(self, name: str, run: Run, cursor: dict[str, Any], final: bool) -> bool:
+        """Scan the log on from the cursor; whether some of it is left for the next poll."""
         if not self.settings.rules:
             if logwatch.log_size(cursor["path"]) != cursor.get("size"):  # stall watch only: no reading
                 cursor.update(size=logwatch.log_size(cursor["path"]), grown=self.when, stalled=False)
-            return
+            return False
         recorder = history.Recorder(self.exp_dir, name, cursor["attempt"])
         found = logwatch.scan(cursor, self.settings.rules, final=final, sink=recorder)
+        if found.not_regular and cursor.get("not_regular") != found.not_regular:
+            model.log(self.st, "LOG_SKIPPED", name, self.when, Log=os.path.relpath(cursor["path"], self.exp_dir),
+                      Reason=f"the log is {found.not_regular}, not a regular file: it is not read")
+        if found.not_regular:
+            cursor["not_regular"] = found.not_regular
+        else:
+            cursor.pop("not_regular", None)
         recorder.save()  # before the state that holds the cursor: see autoexp/history.py
         if found.grew:
             cursor.update(grown=self.when, stalled=False)
@@ -69,6 +77,7 @@ class LogScan(Work):
         run["metrics"].update(found.metrics)
         for match in found.events:
             self._event(name, run, cursor, match.rule.name, match.groups, match.rule.action)
+        return found.more
 
     def _event(self, name: str, run: Run, cursor: dict[str, Any], event: str, groups: dict[str, Any],
                action: str) -> None:

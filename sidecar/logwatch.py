@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 CHUNK = 8 << 20  # bytes read at a time
+MAX_READ = 256 << 20  # bytes read from one log per poll: a log growing without end cannot starve the rest
 MAX_LINE = 1 << 20  # a "line" this long without a newline is matched anyway (progress bars)
 TAIL = 32  # bytes before the offset remembered to notice a file rewritten in place
 
@@ -73,6 +75,8 @@ class Scan:
     grew: bool = False
     bytes_read: int = 0
     restarted: str = ""  # why the file was read again from the top ("truncated", ...), if it was
+    more: bool = False  # MAX_READ was reached: the rest is read by the next scan
+    not_regular: str = ""  # what the log is instead of a regular file (a FIFO, a device): not read
 
 
 # sink(metric, ordinal, step, value): the ordinal-th match of the metric in this log; step is the
@@ -88,11 +92,15 @@ def scan(cursor: dict, rules: Rules, final: bool = False, sink: Sink | None = No
     """
     result = Scan()
     try:
-        fh = open(cursor["path"], "rb")
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        # Non-blocking: opening a FIFO must not wait for a writer; only a regular file is read.
+        fd = os.open(cursor["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
         return result
-    with fh:
-        info = os.fstat(fh.fileno())
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            result.not_regular = file_kind(info.st_mode)
+            return result
         result.restarted = _check_identity(fh, info, cursor)
         if result.restarted:
             cursor.update(offset=0, tail="", size=None)
@@ -101,11 +109,14 @@ def scan(cursor: dict, rules: Rules, final: bool = False, sink: Sink | None = No
         fh.seek(cursor["offset"])
         pending = b""
         number = 0
+        budget = MAX_READ
         while True:
-            data = fh.read(CHUNK)
-            eof = not data
+            data = fh.read(min(CHUNK, budget))
+            budget -= len(data)
+            result.more = budget <= 0
+            eof = not data or result.more
             buffer = pending + data
-            cut = _line_end(buffer, eof and final)
+            cut = _line_end(buffer, eof and final and not result.more)
             if cut:
                 text = buffer[:cut].decode("utf-8", "replace")
                 _match(text, rules, number, result, cursor.setdefault("metric_n", {}), sink)
@@ -118,6 +129,25 @@ def scan(cursor: dict, rules: Rules, final: bool = False, sink: Sink | None = No
                 break
         cursor["size"] = max(cursor["size"], cursor["offset"])
     return result
+
+
+def tail(path: str | Path, limit: int) -> bytes:
+    """The last ``limit`` bytes of a log that is a regular file (b"" otherwise), without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return b""
+        fh.seek(max(0, info.st_size - limit))
+        return fh.read(limit)
+
+
+def file_kind(mode: int) -> str:
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode) else \
+        "a directory" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 def cursor_tail(cursor: dict) -> bytes:

@@ -47,9 +47,16 @@ def run(exp_dir: Path, once: bool = False) -> int:
     me = identity()
     chain = settings.mode == "chain" and sched.name == "slurm"  # the local backend has no --begin
     single = once or chain
-    if not acquire(exp_dir, sched, me, settings, quiet=single):
-        return 0
     stop = Stop()
+    while True:
+        try:
+            if not acquire(exp_dir, sched, me, settings, quiet=single):
+                return 0
+            break
+        except OSError:  # a full disk, say: the lease cannot be written yet
+            log.exception("autoexp sidecar %s: cannot take the lease; trying again", me)
+            if stop.event.wait(settings.interval):
+                return 0
     deadline = None if single else _deadline(sched, me, settings)
     next_query = 0.0
     targets: tuple[list[str], dt.datetime] | None = None
@@ -68,23 +75,26 @@ def run(exp_dir: Path, once: bool = False) -> int:
             log.exception("autoexp sidecar %s: the poll failed", me)
             _note_error(exp_dir, me, err)
             result = PollResult()
-        targets = result.targets
-        log.info(summary(me, result))
-        if result.query_error:
-            next_query = time.monotonic() + backoff(settings.interval, result.failures)
-        if result.done:
-            release(exp_dir, me, "all runs finished")
-            _refresh_report(exp_dir, settings, result)
-            return 0
-        _refresh_report(exp_dir, settings, result)
-        if stop.event.is_set():
-            release(exp_dir, me, f"stopped by {stop.signal}")
-            return 0
-        if single:
-            break
-        if deadline is not None and time.time() + settings.interval >= deadline:
-            if _hand_over(exp_dir, sched, me, settings, "handover"):
+        try:
+            targets = result.targets
+            log.info(summary(me, result))
+            if result.query_error:
+                next_query = time.monotonic() + backoff(settings.interval, result.failures)
+            if result.done:
+                release(exp_dir, me, "all runs finished")
+                _refresh_report(exp_dir, settings, result)
                 return 0
+            _refresh_report(exp_dir, settings, result)
+            if stop.event.is_set():
+                release(exp_dir, me, f"stopped by {stop.signal}")
+                return 0
+            if single:
+                break
+            if deadline is not None and time.time() + settings.interval >= deadline:
+                if _hand_over(exp_dir, sched, me, settings, "handover"):
+                    return 0
+        except Exception:  # a full disk while releasing or handing over: the state is whole, go on
+            log.exception("autoexp sidecar %s: after the poll", me)
         if stop.event.wait(max(0.0, settings.interval - (time.monotonic() - began))):
             release(exp_dir, me, f"stopped by {stop.signal}")
             return 0

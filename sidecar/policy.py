@@ -3,10 +3,13 @@ the experiment is over."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import actions, model, report
-from ..errors import AutoexpError
+from ..errors import AutoexpError, SchedulerTimeout
 from ..jobstates import Phase, phase
 from ..model import Attempt, epoch
+from . import remedies
 from .work import Work
 
 REQUEUE_GRACE = 300  # s: how long a NODE_FAIL the scheduler should requeue waits for its new allocation
@@ -16,8 +19,10 @@ class Policy(Work):
     """Part of a poll: the actions rules and states call for, and the experiment's end."""
 
     def act(self) -> None:
-        """Cancel and retry what the logs and the states call for: all retries as one submission."""
+        """Cancel and retry what the logs and the states call for: all retries as one submission.
+        A submission whose answer was lost is settled first; its runs wait while it is unknown."""
         runs = self.st["runs"]
+        waiting = actions.settle_intents(self.exp_dir, self.st, self.sched)
         cancel = [n for n, (action, _) in self.requests.items()
                   if action == "cancel" and phase(runs[n]["attempts"][-1]["state"]) < Phase.ENDED]
         if cancel:
@@ -28,9 +33,10 @@ class Policy(Work):
                 self._want_retry(name, f"event {event}", retry)
         for name, run in runs.items():
             current = run["attempts"][-1] if run["attempts"] else None
-            if current and current["state"] in self.settings.retry_on and not current.get("cancelled") \
-                    and self.settled(current):
-                self._want_retry(name, f"state {current['state']}", retry)
+            if current and not current.get("cancelled") and self.settled(current) \
+                    and remedies.failure_class(current) in self.settings.retry_on:
+                self._want_retry(name, f"state {remedies.failure_class(current)}", retry)
+        retry = {name: why for name, why in retry.items() if name not in waiting}
         if retry:
             self._retry(retry)
 
@@ -79,9 +85,14 @@ class Policy(Work):
                   if phase(runs[n]["attempts"][-1]["state"]) < Phase.ENDED]
         reason = ", ".join(sorted(set(retry.values())))
         try:
+            given = self._given(retry)
             if active:
                 self.sched.cancel(active)
-            actions.submit_runs(self.exp_dir, self.st, self.sched, sorted(retry), reason)
+            actions.submit_runs(self.exp_dir, self.st, self.sched, sorted(retry), reason, given)
+        except SchedulerTimeout as err:
+            model.log(self.st, "RETRY_UNKNOWN", ", ".join(sorted(retry)), self.when, Error=str(err),
+                      Result="will look for it by its tag before anything is submitted again")
+            return
         except AutoexpError as err:
             model.log(self.st, "RETRY_FAILED", ", ".join(sorted(retry)), self.when, Error=str(err),
                       Result="will try again next poll")
@@ -91,6 +102,24 @@ class Policy(Work):
                 attempt.setdefault("retry", retry[name])
         self.result.retried += sorted(retry)
 
+    def _given(self, retry: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """What each retried run's next attempt gets by the rule of its failure class (a run whose
+        earlier attempts were changed keeps those changes); parameters changed are rendered into
+        retries/<index>.<attempt>.sh."""
+        given = {}
+        for name in retry:
+            run = self.st["runs"][name]
+            current = run["attempts"][-1]
+            cls = remedies.failure_class(current) if self.settled(current) else current["state"]
+            chosen = remedies.next_given(self.exp_dir, run, cls, self.settings.retry_rules.get(cls) or {},
+                                         self.settings.base, self.sched)
+            if chosen.get("params"):
+                remedies.write_task(self.exp_dir, self.st["plan"], run["index"], name, len(run["attempts"]) + 1,
+                                    {**run["params"], **chosen["params"]})
+            if chosen:
+                given[name] = chosen
+        return given
+
     def over(self) -> bool:
         """Every run's latest attempt settled, and none waits for a retry a rule calls for."""
         for run in self.st["runs"].values():
@@ -99,7 +128,7 @@ class Policy(Work):
             current = run["attempts"][-1]
             if not self.settled(current):
                 return False
-            if current["state"] in self.settings.retry_on and not current.get("retry") \
+            if remedies.failure_class(current) in self.settings.retry_on and not current.get("retry") \
                     and not current.get("cancelled"):
                 return False
         return True

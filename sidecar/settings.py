@@ -20,6 +20,8 @@ class Settings:
     stall_action: str = "log"
     retry_max: int = 0
     retry_on: frozenset = frozenset()
+    retry_rules: dict = field(default_factory=dict)  # failure class -> what the next attempt gets
+    base: dict = field(default_factory=dict)  # slurm.mem, slurm.time and slurm.partition as planned
     mode: str = "job"
     handover: float = 300.0
     time_limit: float | None = None  # sidecar.time in seconds
@@ -42,7 +44,9 @@ class Settings:
             stall_after=parse_duration(monitor["stall_after"]) if monitor.get("stall_after") else None,
             stall_action=monitor.get("stall_action") or "log",
             retry_max=int(retries.get("max") or 0),
-            retry_on=frozenset(s.upper() for s in retries.get("on") or []),
+            retry_on=frozenset(s.upper() for s in [*(retries.get("on") or []), *(retries.get("rules") or {})]),
+            retry_rules=dict(retries.get("rules") or {}),
+            base={k: str(v) for k, v in (data.get("slurm") or {}).items() if k in ("mem", "time", "partition") and v},
             mode=sidecar.get("mode") or "job",
             handover=parse_duration(sidecar.get("handover") or "5m"),
             time_limit=slurm_time_seconds(limit),

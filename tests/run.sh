@@ -33,6 +33,25 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 printf '%s ALL=(root) NOPASSWD: /usr/bin/scontrol update nodename=*\n' "$test_user" >/etc/sudoers.d/autoexp-test
 chmod 440 /etc/sudoers.d/autoexp-test
+# The hung-controller test (tests/test_failures.py) stops slurmctld for at most 30 s; the helper
+# continues it whatever happens to its caller ("cont" continues it at once).
+cat >/usr/local/sbin/autoexp-test-pause-slurmctld <<'HELPER'
+#!/bin/bash
+set -eu
+pid=$(cat /run/slurm/slurmctld.pid)
+[ "$(cat "/proc/$pid/comm")" = slurmctld ] || exit 1
+if [ "${1:-}" = cont ]; then kill -CONT "$pid"; exit 0; fi
+[[ ${1:-} =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 30 ] || { echo "usage: $0 SECONDS(1-30)|cont" >&2; exit 2; }
+setsid bash -c "trap 'kill -CONT $pid' EXIT; sleep $1" </dev/null >/dev/null 2>&1 &
+kill -STOP "$pid"
+HELPER
+chmod 755 /usr/local/sbin/autoexp-test-pause-slurmctld
+printf '%s ALL=(root) NOPASSWD: /usr/local/sbin/autoexp-test-pause-slurmctld\n' "$test_user" \
+  >/etc/sudoers.d/autoexp-test-faults
+chmod 440 /etc/sudoers.d/autoexp-test-faults
+# The disk-full test: a small file system anyone may write to, filled and freed by the test.
+mkdir -p /mnt/autoexp-small
+mountpoint -q /mnt/autoexp-small || mount -t tmpfs -o size=16m,mode=1777 autoexp-small /mnt/autoexp-small
 
 echo "== install autoexp into $venv"
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"

@@ -227,10 +227,14 @@ def test_refresh_reconciles_with_sacct_when_no_sidecar_is_alive(workdir, cleanup
 
 
 def test_a_crashed_sidecar_shows_its_log_and_last_error_line(workdir, cleanup):
-    """A broken `python:` key kills the sidecar job at once; `status` (no Slurm call) says why."""
+    """A `python:` that breaks once it runs kills the sidecar job at once (one missing outright is
+    refused at launch); `status` (no Slurm call) says why."""
+    broken = workdir / "python3"
+    broken.write_text('#!/bin/bash\nexec /nonexistent/bin/python3 "$@"\n')
+    broken.chmod(0o755)
     path = write_config(workdir, {
         "name": "crash", "output_dir": str(workdir / "experiments"), "command": "true", "run_name": "r{{ k }}",
-        "sweep": {"grid": {"k": [0, 1]}}, "slurm": {"time": "00:05:00"}, "python": "/nonexistent/bin/python3",
+        "sweep": {"grid": {"k": [0, 1]}}, "slurm": {"time": "00:05:00"}, "python": str(broken),
         "monitor": {"interval": 1}}, name="crash.yaml")
     exp = workdir / "experiments" / "crash"
     cleanup(exp)

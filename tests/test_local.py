@@ -53,3 +53,29 @@ def test_local_cancel_stops_running_and_pending_tasks(workdir):
     records = wait_for(lambda: (lambda rs: rs if all(r.terminal for r in rs) else None)(sched.query(result.arrays, now)),
                        timeout=30, what="cancelled tasks")
     assert {r.state for r in records} == {"CANCELLED"}
+
+
+def test_a_lost_submission_is_found_by_its_tag_not_made_twice(workdir):
+    """Intents (actions.settle_intents) with the local scheduler: one that was submitted is recorded
+    as if its answer had come, one that never was is dropped; neither is submitted again."""
+    from autoexp import actions, model, statefile
+    from autoexp.scheduler import Submission
+
+    path = write_config(workdir, {"name": "lost", "command": "true", "sweep": {"grid": {"x": [1, 2]}}})
+    exp = autoexp.plan_experiment(autoexp.load_config(path), scheduler="local").exp_dir
+    sched = LocalScheduler(exp)
+    made = model.new_intent("a1b2c3", "array.sbatch", 0, [(0, "x1", 1)], "0", "launch")
+    never = model.new_intent("d4e5f6", "array.sbatch", 0, [(1, "x2", 1)], "1", "launch")
+    late = dict(never, time=model.iso(model.epoch(never["time"]) - 120))  # a minute on, still unknown
+    job = sched.submit(Submission(exp / "array.sbatch", array="0", tag="a1b2c3"))  # its answer "lost"
+    with statefile.locked(exp) as st:
+        st["intents"] = [made, never]
+        assert actions.settle_intents(exp, st, sched) == {"x2"}  # too young to call it never made
+        assert st["intents"] == [never]
+        st["intents"] = [late]
+        assert actions.settle_intents(exp, st, sched) == set()
+    st = read_state(exp)
+    assert st["intents"] == [] and [a["job_id"] for a in st["arrays"]] == [job]
+    assert st["runs"]["x1"]["attempts"][0]["job_id"] == f"{job}_0" and st["runs"]["x2"]["attempts"] == []
+    assert [e["kind"] for e in st["history"][-3:]] == ["SUBMIT_ARRAY", "SUBMIT_FOUND", "SUBMIT_NOT_MADE"]
+    assert len(list((exp / ".local" / "jobs").glob("*.json"))) == 1  # nothing submitted again
