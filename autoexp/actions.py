@@ -51,8 +51,6 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
             if not chosen:
                 continue
             attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
-            tasks = [index - lo for index, _ in chosen]
-            spec = compress(tasks) + throttle
             env = {}
             if any(a != 1 for a in attempts.values()):
                 common = max(set(attempts.values()), key=list(attempts.values()).count)
@@ -60,11 +58,13 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
                     [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
             options: list[str] = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
                 array.get("after_previous") and previous else []
-            job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
-                                             options=options))
-            submitted.append(job_id)
-            previous = job_id
-            _record_array(exp_dir, st, job_id, array, chosen, attempts, spec, reason)
+            for waits, group in dependency_groups(st, chosen, lo).items():
+                spec = compress(index - lo for index, _ in group) + throttle
+                job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
+                                                 options=[*options, *([f"--dependency={waits}"] if waits else [])]))
+                submitted.append(job_id)
+                previous = job_id
+                _record_array(exp_dir, st, job_id, array, group, attempts, spec, reason)
     except BaseException:
         if submitted:
             try:
@@ -75,6 +75,25 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     return submitted
 
 
+def dependency_groups(st: State, chosen: list[tuple[int, str]], offset: int) -> dict[str, list[tuple[int, str]]]:
+    """Runs grouped by the ``--dependency`` they need (one submission each; "" for none).
+
+    A stage unit waits for the units in its ``after`` that have not completed: with Slurm's
+    ``aftercorr`` on the array when its task has the same id (task i of eval after task i of
+    train), else ``afterok`` on that task (the prepare step).
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for index, name in chosen:
+        words = []
+        for other in st["runs"][name].get("after") or []:
+            job = st["runs"][other]["job_id"]
+            if job and st["runs"][other]["state"] != "COMPLETED":
+                array, _, task = job.partition("_")
+                words.append(f"aftercorr:{array}" if task == str(index - offset) else f"afterok:{job}")
+        groups.setdefault(",".join(words), []).append((index, name))
+    return groups
+
+
 def _record_array(exp_dir: Path, st: State, job_id: str, array: PlannedArray, chosen: list[tuple[int, str]],
                   attempts: dict[int, int], spec: str, reason: str) -> None:
     when = model.now()
@@ -82,8 +101,12 @@ def _record_array(exp_dir: Path, st: State, job_id: str, array: PlannedArray, ch
                                         array["offset"], when, reason))
     for index, name in chosen:
         task = index - array["offset"]
-        model.add_attempt(st["runs"][name], model.new_attempt(
-            attempts[index], f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task)))
+        run = st["runs"][name]
+        attempt = model.new_attempt(attempts[index], f"{job_id}_{task}", when,
+                                    model.task_log(exp_dir, name, job_id, task, run))
+        if run.get("after"):
+            attempt["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
+        model.add_attempt(run, attempt)
     kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
     model.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,
               Runs=len(chosen) if len(chosen) > 5 else ", ".join(n for _, n in chosen),

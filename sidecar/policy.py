@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import actions, model, report
 from ..errors import AutoexpError
-from ..jobstates import Phase, phase
+from ..jobstates import SKIPPED, Phase, phase
 from ..model import Attempt, epoch
 from .work import Work
 
@@ -28,7 +28,7 @@ class Policy(Work):
                 self._want_retry(name, f"event {event}", retry)
         for name, run in runs.items():
             current = run["attempts"][-1] if run["attempts"] else None
-            if current and current["state"] in self.settings.retry_on and not current.get("cancelled") \
+            if current and current["state"] in self.settings.of(run).retry_on and not current.get("cancelled") \
                     and self.settled(current):
                 self._want_retry(name, f"state {current['state']}", retry)
         if retry:
@@ -55,10 +55,11 @@ class Policy(Work):
         if current.get("retry") or name in retry:
             return
         used = len(run["attempts"]) - 1
-        if used >= self.settings.retry_max:
+        limit = self.settings.of(run).retry_max
+        if used >= limit:
             current["retry"] = "none left"
             model.log(self.st, "RETRY_SKIPPED", name, self.when, Reason=reason,
-                      Result=f"no retry left: {used} of {self.settings.retry_max} used "
+                      Result=f"no retry left: {used} of {limit} used "
                              "(monitor.retries.max)")
             return
         retry[name] = reason
@@ -94,12 +95,14 @@ class Policy(Work):
     def over(self) -> bool:
         """Every run's latest attempt settled, and none waits for a retry a rule calls for."""
         for run in self.st["runs"].values():
+            if run["state"] == SKIPPED:
+                continue
             if not run["attempts"]:
                 return False
             current = run["attempts"][-1]
             if not self.settled(current):
                 return False
-            if current["state"] in self.settings.retry_on and not current.get("retry") \
+            if current["state"] in self.settings.of(run).retry_on and not current.get("retry") \
                     and not current.get("cancelled"):
                 return False
         return True
@@ -113,7 +116,7 @@ class Policy(Work):
                         default=self.now)
             last = max((epoch(r.get("completed")) or self.now for r in runs), default=self.now)
             model.log(self.st, "ALL_COMPLETE", "Monitoring finished", self.when, Summary=model.counts_text(self.st),
-                      Total_time=report.human_duration(last - first),
+                      Reason=self.st.get("ended_by"), Total_time=report.human_duration(last - first),
                       Next="see experiment_summary.md for each run; events.log for what happened")
             self.st["done"] = True
         self.result.done = bool(self.st.get("done"))
