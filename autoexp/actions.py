@@ -78,18 +78,19 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
 def dependency_groups(st: State, chosen: list[tuple[int, str]], offset: int) -> dict[str, list[tuple[int, str]]]:
     """Runs grouped by the ``--dependency`` they need (one submission each; "" for none).
 
-    A stage unit waits for the units in its ``after`` that have not completed: with Slurm's
-    ``aftercorr`` on the array when its task has the same id (task i of eval after task i of
-    train), else ``afterok`` on that task (the prepare step).
+    A stage unit waits for the units in its ``after`` that have not completed: the same point's
+    earlier stage with Slurm's ``aftercorr`` on its array (task i of eval after task i of train:
+    both have the point's index as task id), the prepare step with ``afterok`` on its task.
     """
     groups: dict[str, list[tuple[int, str]]] = {}
     for index, name in chosen:
         words = []
-        for other in st["runs"][name].get("after") or []:
+        run = st["runs"][name]
+        for other in run.get("after") or []:
             job = st["runs"][other]["job_id"]
             if job and st["runs"][other]["state"] != "COMPLETED":
-                array, _, task = job.partition("_")
-                words.append(f"aftercorr:{array}" if task == str(index - offset) else f"afterok:{job}")
+                same_point = st["runs"][other].get("point") == run.get("point")
+                words.append(f"aftercorr:{job.partition('_')[0]}" if same_point else f"afterok:{job}")
         groups.setdefault(",".join(words), []).append((index, name))
     return groups
 
