@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("logs", "show a run's log")
     experiment_arg(p)
     p.add_argument("run", metavar="RUN", help="run name (or index)")
+    p.add_argument("stage", nargs="?", metavar="STAGE", help="a staged experiment: the stage's log "
+                   "(with an axis, name the task: RUN eval+task=arc)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--attempt", type=int, metavar="N", help="that attempt's log (default: the latest)")
 
@@ -196,7 +198,8 @@ def cmd_resume(args) -> int:
 def cmd_logs(args) -> int:
     from .experiment import logs
 
-    logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir)
+    run = f"{args.run}+{args.stage}" if args.stage else args.run
+    logs(args.exp, run, attempt=args.attempt, follow=args.follow, output=args.output_dir)
     return 0
 
 

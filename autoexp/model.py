@@ -81,6 +81,7 @@ class Run(TypedDict):
     point: NotRequired[str]  # the sweep point's name, whose directory its stages share
     dir: NotRequired[str]  # its directory, relative to the experiment (default runs/<name>)
     after: NotRequired[list[str]]  # the units it waits for (prepare, the previous stage's)
+    axis: NotRequired[dict[str, Any]]  # its stage's own axis values (the task of run × task)
     skipped: NotRequired[str]  # why it never ran (state SKIPPED)
 
 
@@ -263,6 +264,8 @@ def new_run(index: int, params: dict[str, Any], unit: Any = None) -> Run:
                 "attempts": [], "events": [], "metrics": {}}
     if unit is not None:
         run.update({"stage": unit.stage, "point": unit.point, "dir": unit.dir, "after": list(unit.after)})
+        if unit.axis:
+            run["axis"] = dict(unit.axis)
     return run
 
 

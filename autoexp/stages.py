@@ -32,10 +32,11 @@ class Unit:
     point: str
     dir: str  # relative to the experiment directory
     after: list[str] = field(default_factory=list)
+    axis: dict[str, Any] = field(default_factory=dict)  # the stage's own axis values (run × task)
 
     def to_json(self, exp_dir: Path) -> dict:
         return {"index": self.index, "name": self.name, "params": self.params, "dir": str(exp_dir / self.dir),
-                "stage": self.stage, "point": self.point, "after": self.after}
+                "stage": self.stage, "point": self.point, "after": self.after, "axis": self.axis}
 
 
 @dataclass
@@ -103,7 +104,7 @@ def expand(config, exp_dir: Path) -> tuple[list[sweep.Run], list[Unit], list[Blo
                 if spec.get("after") and run.index in first.get(spec["after"], {}):
                     after.append(first[spec["after"]][run.index])
                 units.append(Unit(offset + run.index, name, {**run.params, **combo}, stage, run.name,
-                                  str(Path("runs", run.name)), after))
+                                  str(Path("runs", run.name)), after, combo))
                 if not axis:
                     first.setdefault(stage, {})[run.index] = name
                 tasks.append(run.index)
