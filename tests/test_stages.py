@@ -1,0 +1,241 @@
+"""Multi-stage experiments (issue 11): stages over one sweep, per-run ordering with Slurm's
+aftercorr, SKIPPED later stages, retries followed, a prepare step, start spacing; on the real
+cluster, and the example on the local scheduler."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+import autoexp
+from autoexp.errors import InputError
+from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
+
+PIPELINE = REPO / "examples" / "pipeline.yaml"
+slurm_only = pytest.mark.usefixtures("slurm")
+
+
+def staged(name: str, train: str, evaluate: str = "echo eval {{ run_name }}", **extra) -> dict:
+    """A small staged config: points x=1..3, train then eval after it."""
+    return {"name": name, "sweep": {"grid": {"x": [1, 2, 3]}}, "monitor": {"interval": 2},
+            "slurm": {"time": "00:05:00"},
+            "stages": {"train": {"command": train}, "eval": {"after": "train", "command": evaluate}}, **extra}
+
+
+# --------------------------------------------------------------------------- config and plan
+
+@pytest.mark.parametrize("change,words", [
+    ({"command": "echo"}, ["command", "either command or stages"]),
+    ({"stages": {"eval": {"after": "train", "command": "echo"}}}, ["stages.eval.after", "not another stage"]),
+    ({"stages": {"train": {"command": "echo", "axis": {"t": [1, 2]}}, "eval": {"after": "train", "command": "e"}}},
+     ["stages.eval.after", "has an axis"]),
+    ({"stages": {"train": {"comand": "echo"}}}, ["stages.train.comand", "did you mean 'command'"]),
+    ({"stages": {"train": {"command": "echo", "skip": [{"x": 1}, {"x": 2}, {"x": 3}]}}},
+     ["stages.train", "no sweep point runs this stage"]),
+    ({"start_spacing": "soon"}, ["start_spacing", "not a duration"]),
+])
+def test_bad_stage_config_names_the_key(workdir, change, words):
+    data = {"name": "bad", "sweep": {"grid": {"x": [1, 2, 3]}}, "stages": {"train": {"command": "echo"}}}
+    data.update(change)
+    path = write_config(workdir, data)
+    with pytest.raises(InputError) as err:
+        autoexp.plan_experiment(autoexp.load_config(path), scheduler="local", write=False)
+    for word in words:
+        assert word in str(err.value)
+    proc = run_cli("plan", path, cwd=workdir, env={"AUTOEXP_SCHEDULER": "local"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not (workdir / "experiments").exists()
+
+
+def test_the_pipeline_plans_a_unit_per_stage_point_and_axis_value(workdir):
+    built = autoexp.plan_experiment(autoexp.load_config(PIPELINE, [f"output_dir={workdir}"]), scheduler="local")
+    st = read_state(built.exp_dir)
+    names = list(st["runs"])
+    assert names[:3] == ["prepare", "lr1e-05+train", "lr5e-05+train"]  # the control point is not trained
+    evals = [n for n in names if st["runs"][n].get("stage") == "eval"]
+    assert len(evals) == 3 * 2 * 2 and "control+eval+checkpoint=2+task=piqa" in evals
+    assert st["runs"]["lr5e-05+eval+checkpoint=1+task=arc"]["after"] == ["prepare", "lr5e-05+train"]
+    assert st["runs"]["control+eval+checkpoint=1+task=arc"]["after"] == ["prepare"]
+    # task i of every eval array is point i, as it is in the train array: aftercorr pairs them
+    plan = {a["script"]: a for a in st["plan"]["arrays"]}
+    assert plan["train.sbatch"]["spec"] == "0-1" and plan["eval_0.sbatch"]["spec"] == "0-2"
+    for name in evals:
+        run = st["runs"][name]
+        array = next(a for a in st["plan"]["arrays"] if a["offset"] <= run["index"] < a["offset"] + a["count"]
+                     and a["stage"] == "eval")
+        train = st["runs"].get(f"{run['point']}+train")
+        if train:
+            assert run["index"] - array["offset"] == train["index"] - plan["train.sbatch"]["offset"]
+    assert "start_spacing" in (built.exp_dir / "train.sbatch").read_text()
+    assert "start_spacing" not in (built.exp_dir / "prepare.sbatch").read_text()
+
+
+def test_the_pipeline_finishes_on_the_local_scheduler(workdir):
+    env = {"AUTOEXP_SCHEDULER": "local"}
+    proc = run_cli("launch", PIPELINE, f"output_dir={workdir}", "monitor.interval=1", cwd=workdir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    exp = workdir / "pipeline"
+    st = wait_state_done(exp, timeout=240)
+    assert {r["state"] for r in st["runs"].values()} == {"COMPLETED"}, st["counts"]
+    summary = (exp / "experiment_summary.md").read_text()
+    assert "## Stage: train" in summary and "## Stage: eval" in summary
+    eval_rows = [line for line in summary.split("## Stage: eval")[1].split("##")[0].splitlines()
+                 if line.startswith("| ") and "COMPLETED" in line]
+    assert len(eval_rows) == 12  # a row per run x task x checkpoint
+    control = (exp / "runs" / "control").glob("slurm-*.out")
+    assert all("evaluating the base model" in log.read_text() for log in control)
+    _assert_spacing(exp, 1.0)
+
+
+def _starts(exp) -> list[int]:
+    found = []
+    for log in exp.glob("runs/*/slurm-*.out"):
+        found += [int(m) for m in re.findall(r"start_spacing: the command begins at (\d+) ms", log.read_text())]
+    return sorted(found)
+
+
+def _assert_spacing(exp, seconds: float) -> None:
+    starts = _starts(exp)
+    assert starts
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= seconds * 1000 - 5, gaps  # date's milliseconds: a few ms of rounding
+
+
+# --------------------------------------------------------------------------- on the cluster
+
+def _squeue(ids) -> list[str]:
+    proc = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True,
+                          timeout=60)
+    return proc.stdout.split()
+
+
+def _times(job_ids) -> dict[str, tuple[str, str]]:
+    return {row[0]: (row[1], row[2]) for row in sacct_rows(job_ids, fields="JobID,Start,End")}
+
+
+@slurm_only
+def test_the_pipeline_on_slurm_one_array_per_stage_and_axis_value(workdir, cleanup):
+    exp = workdir / "pipeline"
+    cleanup(exp)
+    proc = run_cli("launch", PIPELINE, f"output_dir={workdir}", "monitor.interval=2", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    st = wait_state_done(exp, timeout=300)
+    assert {r["state"] for r in st["runs"].values()} == {"COMPLETED"}, st["counts"]
+    # sbatch calls: prepare, train, and per eval axis value one for the trained points and one
+    # for the control (it waits for nothing but prepare), plus the sidecar: nothing per task.
+    scripts = [a["script"] for a in st["arrays"]]
+    assert scripts.count("prepare.sbatch") == 1 and scripts.count("train.sbatch") == 1
+    assert len([s for s in scripts if s.startswith("eval_")]) == 4 * 2 and len(scripts) == 10
+    times = _times([a["job_id"] for a in st["arrays"]])
+    prepare_end = times[st["runs"]["prepare"]["job_id"]][1]
+    for name, run in st["runs"].items():
+        if run.get("stage") == "train":
+            assert times[run["job_id"]][0] >= prepare_end
+        if run.get("stage") == "eval" and run["point"] != "control":
+            assert times[run["job_id"]][0] >= times[st["runs"][f"{run['point']}+train"]["job_id"]][1]
+    doc = json.loads(run_cli("status", exp, "--json", check=True).stdout)
+    assert doc["stages"] == {"prepare": {"COMPLETED": 1}, "train": {"COMPLETED": 2}, "eval": {"COMPLETED": 12}}
+    log = run_cli("logs", exp, "lr1e-05", "train", check=True).stdout
+    assert "saved checkpoint" in log and "checkpoint-2.txt" in log
+    ambiguous = run_cli("logs", exp, "lr1e-05", "eval")
+    assert ambiguous.returncode == 2 and "name one" in ambiguous.stderr
+    assert "accuracy" in run_cli("logs", exp, "lr1e-05", "eval+checkpoint=2+task=arc", check=True).stdout
+    assert "SUBMIT_ARRAY: eval_3.sbatch" in (exp / "events.log").read_text()
+
+
+@slurm_only
+def test_a_failed_training_skips_its_evaluation_while_others_run_on(workdir, cleanup):
+    train = ('if [ {{ x }} = 2 ]; then exit 3; fi; if [ {{ x }} = 3 ]; then sleep 25; fi; '
+             'echo trained {{ x }}')
+    path = write_config(workdir, staged("skips", train))
+    proc = run_cli("launch", path, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    exp = workdir / "experiments" / "skips"
+    cleanup(exp)
+    st = wait_state_done(exp, timeout=300)
+    runs = st["runs"]
+    assert runs["x2+train"]["state"] == "FAILED"
+    assert runs["x2+eval"]["state"] == "SKIPPED" and runs["x2+eval"]["attempts"] == []
+    assert "x2+train FAILED" in runs["x2+eval"]["skipped"]
+    assert runs["x1+eval"]["state"] == runs["x3+eval"]["state"] == "COMPLETED"
+    times = _times([a["job_id"] for a in st["arrays"]])
+    # per-run ordering: x1's evaluation ran while x3 still trained
+    assert times[runs["x1+eval"]["job_id"]][0] < times[runs["x3+train"]["job_id"]][1]
+    assert times[runs["x3+eval"]["job_id"]][0] >= times[runs["x3+train"]["job_id"]][1]
+    assert _squeue([a["job_id"] for a in st["arrays"]]) == []  # nothing left waiting
+    summary = (exp / "experiment_summary.md").read_text()
+    assert "## Stage: train" in summary and "## Stage: eval" in summary
+    assert re.search(r"\| x2\+eval \| SKIPPED .*skipped: waited for x2\+train FAILED", summary)
+    assert "SKIP: x2+eval" in (exp / "events.log").read_text()
+
+
+@slurm_only
+def test_a_retried_training_gets_its_evaluation_after_the_retry(workdir, cleanup):
+    train = 'if [ {{ x }} = 2 ] && [ "$AUTOEXP_ATTEMPT" = 1 ]; then sleep 4; exit 1; fi; echo trained'
+    data = staged("follows", train)
+    data["stages"]["train"]["monitor"] = {"retries": {"max": 1, "on": ["FAILED"]}}
+    path = write_config(workdir, data)
+    assert run_cli("launch", path, cwd=workdir).returncode == 0
+    exp = workdir / "experiments" / "follows"
+    cleanup(exp)
+    st = wait_state_done(exp, timeout=300)
+    runs = st["runs"]
+    assert {r["state"] for r in runs.values()} == {"COMPLETED"}, st["counts"]
+    assert len(runs["x2+train"]["attempts"]) == 2
+    evaluation = runs["x2+eval"]["attempts"]
+    assert len(evaluation) == 1  # the task that waited on the failed attempt was withdrawn, not counted
+    assert evaluation[0]["after_jobs"]["x2+train"] == runs["x2+train"]["attempts"][1]["job_id"]
+    times = _times([a["job_id"] for a in st["arrays"]])
+    assert times[evaluation[0]["job_id"]][0] >= times[runs["x2+train"]["attempts"][1]["job_id"]][1]
+
+
+@slurm_only
+def test_a_failing_prepare_starts_no_run_and_leaves_nothing_queued(workdir, cleanup):
+    data = staged("noprep", "echo trained", prepare={"command": "echo preparing; exit 4"})
+    path = write_config(workdir, data)
+    assert run_cli("launch", path, cwd=workdir).returncode == 0
+    exp = workdir / "experiments" / "noprep"
+    cleanup(exp)
+    st = wait_state_done(exp, timeout=180)
+    runs = st["runs"]
+    assert runs["prepare"]["state"] == "FAILED"
+    assert all(r["state"] == "SKIPPED" and not r["attempts"] for n, r in runs.items() if n != "prepare")
+    ids = [a["job_id"] for a in st["arrays"]]
+    assert _squeue(ids) == []
+    started = [row for row in sacct_rows(ids, fields="JobID,State,Start") if row[2] not in ("Unknown", "None")
+               and not row[0].startswith(runs["prepare"]["job_id"].split("_")[0])]
+    assert started == []  # no task of a stage ever started
+    doc = json.loads(run_cli("status", exp, "--json", check=True).stdout)
+    assert "prepare step ended FAILED" in doc["ended_by"]
+    assert "ended early: the prepare step ended FAILED" in run_cli("status", exp, check=True).stdout
+
+
+@slurm_only
+def test_eight_tasks_released_together_begin_three_seconds_apart(workdir, cleanup):
+    path = write_config(workdir, {"name": "spaced", "command": "echo began $(date +%s.%N)",
+                                  "sweep": {"grid": {"x": list(range(8))}}, "start_spacing": "3s",
+                                  "monitor": {"interval": 2}, "slurm": {"time": "00:05:00"}})
+    assert run_cli("launch", path, cwd=workdir).returncode == 0
+    exp = workdir / "experiments" / "spaced"
+    cleanup(exp)
+    st = wait_state_done(exp, timeout=300)
+    assert st["counts"] == {"COMPLETED": 8}
+    _assert_spacing(exp, 3.0)
+    assert len(_starts(exp)) == 8 and len(st["arrays"]) == 1  # no extra submission
+    begun = sorted(float(m) for log in exp.glob("runs/*/slurm-*.out")
+                   for m in re.findall(r"began (\d+\.\d+)", log.read_text()))
+    assert all(b - a >= 2.99 for a, b in zip(begun, begun[1:])), begun
+
+
+def test_single_stage_config_keeps_its_plan(workdir):
+    built = autoexp.plan_experiment(autoexp.load_config(REPO / "examples" / "quickstart.yaml",
+                                                        [f"output_dir={workdir}"]), scheduler="local")
+    st = read_state(built.exp_dir)
+    assert not any("stage" in run for run in st["runs"].values())
+    assert "stage" not in st["plan"]["arrays"][0]
+    assert yaml.safe_load((built.exp_dir / "config.yaml").read_text()).get("stages") is None
+    assert os.path.islink(built.exp_dir / ".index" / "0" / "0")
