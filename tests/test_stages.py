@@ -14,7 +14,7 @@ import yaml
 
 import autoexp
 from autoexp.errors import InputError
-from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
+from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_state_done, write_config
 
 PIPELINE = REPO / "examples" / "pipeline.yaml"
 slurm_only = pytest.mark.usefixtures("slurm")
