@@ -282,6 +282,9 @@ def mark_skipped(run: Run, reason: str, when: str) -> None:
         run["attempts"].pop()
     if run["attempts"]:
         show_latest(run)
+    else:
+        run.update({"job_id": None, "submitted": None, "started": None, "elapsed_s": None, "exit_code": None,
+                    "nodes": None})
     run.update({"state": "SKIPPED", "completed": run.get("completed") or when, "skipped": reason})
 
 

@@ -48,11 +48,11 @@ class Follow(Policy):
             if lost:
                 if run["state"] != SKIPPED:
                     skip[name] = f"{lost[0]} {SKIPPED if lost[0] in skip else runs[lost[0]]['state']}"
-                    if waiting and current:
+                    if current and waiting:
                         cancel.append(current["job_id"])
             elif run["state"] == SKIPPED:
                 again.append(name)
-            elif waiting and current and any((current.get("after_jobs") or {}).get(o) != runs[o]["job_id"]
+            elif current and waiting and any(waited_for(run).get(o, runs[o]["job_id"]) != runs[o]["job_id"]
                                              for o in after):
                 cancel.append(current["job_id"])
                 again.append(name)
@@ -81,3 +81,9 @@ class Follow(Policy):
             model.log(self.st, "PREPARE_FAILED", stages.PREPARE, self.when, Exit_code=prepare.get("exit_code"),
                       Log=prepare["attempts"][-1]["log"] if prepare["attempts"] else None,
                       Result="every run skipped, nothing left queued")
+
+
+def waited_for(run: Run) -> dict[str, str | None]:
+    """The job each unit it waits for had when it was submitted (a Slurm requeue of its task, a
+    new attempt of the same job, still waits on the same)."""
+    return next((a["after_jobs"] for a in reversed(run["attempts"]) if "after_jobs" in a), {})
