@@ -107,6 +107,7 @@ def _record_array(exp_dir: Path, st: State, job_id: str, array: PlannedArray, ch
                                     model.task_log(exp_dir, name, job_id, task, run))
         if run.get("after"):
             attempt["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
+        run.pop("skipped", None)
         model.add_attempt(run, attempt)
     kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
     model.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,

@@ -149,8 +149,8 @@ def test_the_pipeline_on_slurm_one_array_per_stage_and_axis_value(workdir, clean
 
 @slurm_only
 def test_a_failed_training_skips_its_evaluation_while_others_run_on(workdir, cleanup):
-    train = ('if [ {{ x }} = 2 ]; then exit 3; fi; if [ {{ x }} = 3 ]; then sleep 25; fi; '
-             'echo trained {{ x }}')
+    train = ('if [ {{ x }} = 2 ] && [ "$AUTOEXP_ATTEMPT" = 1 ]; then exit 3; fi; '
+             'if [ {{ x }} = 3 ]; then sleep 25; fi; echo trained {{ x }}')
     path = write_config(workdir, staged("skips", train))
     proc = run_cli("launch", path, cwd=workdir)
     assert proc.returncode == 0, proc.stderr
@@ -171,6 +171,16 @@ def test_a_failed_training_skips_its_evaluation_while_others_run_on(workdir, cle
     assert "## Stage: train" in summary and "## Stage: eval" in summary
     assert re.search(r"\| x2\+eval \| SKIPPED .*skipped: waited for x2\+train FAILED", summary)
     assert "SKIP: x2+eval" in (exp / "events.log").read_text()
+
+    # retried by the run's name (every stage of it), from Python: the evaluation follows the retry
+    retried = autoexp.retry(exp, ["x2"])
+    assert retried["runs"] == ["x2+train", "x2+eval"]
+    st = wait_state_done(exp, timeout=300)
+    runs = st["runs"]
+    assert runs["x2+train"]["state"] == runs["x2+eval"]["state"] == "COMPLETED"
+    assert "skipped" not in runs["x2+eval"]
+    times = _times([a["job_id"] for a in st["arrays"]])
+    assert times[runs["x2+eval"]["job_id"]][0] >= times[runs["x2+train"]["job_id"]][1]
 
 
 @slurm_only
