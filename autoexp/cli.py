@@ -198,8 +198,7 @@ def cmd_resume(args) -> int:
 def cmd_logs(args) -> int:
     from .experiment import logs
 
-    run = f"{args.run}+{args.stage}" if args.stage else args.run
-    logs(args.exp, run, attempt=args.attempt, follow=args.follow, output=args.output_dir)
+    logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir, stage=args.stage)
     return 0
 
 

@@ -289,16 +289,18 @@ def _attempt(exp_dir: Path, st: State, name: str, number: int | None) -> Attempt
                      "--attempt")
 
 
-def log_path(exp: str | os.PathLike, run: str, attempt: int | None = None, output: str | None = None) -> Path:
-    """Where a run's log is for its latest attempt (or attempt number ``attempt``)."""
+def log_path(exp: str | os.PathLike, run: str, attempt: int | None = None, output: str | None = None,
+             stage: str | None = None) -> Path:
+    """Where a run's log is for its latest attempt (or attempt number ``attempt``); in a staged
+    experiment, ``stage`` names which (``"eval+task=arc"`` with an axis)."""
     exp_dir = find(exp, output)
     st = statefile.read_shared(exp_dir)
-    name = _one(exp_dir, st, run)
+    name = _one(exp_dir, st, f"{run}+{stage}" if stage else run)
     return Path(_attempt(exp_dir, st, name, attempt)["log"])
 
 
 def logs(exp: str | os.PathLike, run: str, attempt: int | None = None, follow: bool = False, out=None,
-         output: str | None = None, poll: float = 1.0) -> Path:
+         output: str | None = None, poll: float = 1.0, stage: str | None = None) -> Path:
     """Copy a run's log to ``out`` (a binary stream, default stdout); return the log's path.
 
     With ``follow``, keep copying as the log grows until that attempt has ended in the state
@@ -306,7 +308,7 @@ def logs(exp: str | os.PathLike, run: str, attempt: int | None = None, follow: b
     """
     exp_dir = find(exp, output)
     st = statefile.read_shared(exp_dir)
-    name = _one(exp_dir, st, run)
+    name = _one(exp_dir, st, f"{run}+{stage}" if stage else run)
     chosen = _attempt(exp_dir, st, name, attempt)
     path, number = Path(chosen["log"]), chosen["attempt"]
     out = out or sys.stdout.buffer
