@@ -7,7 +7,7 @@ state.json is exactly what the scheduler accepted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from . import model
@@ -32,12 +32,15 @@ def compress(tasks: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str) -> list[str]:
+def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str,
+                options: Sequence[str] = (), found: str | None = None) -> list[str]:
     """Submit ``names`` as one array per planned array script; record them; return the job ids.
 
     Each run's attempt number is one more than its attempts so far. On a refused submission the
     arrays this call already submitted are cancelled and the error is raised: the caller's state
-    is then not written, so nothing is recorded as submitted.
+    is then not written, so nothing is recorded as submitted. ``options`` are added to each sbatch;
+    ``found`` is the job id of this very submission, made before by someone killed before recording
+    it (found again by its job name): it is recorded, not submitted again.
     """
     exp_dir = Path(exp_dir)
     plan = st["plan"]
@@ -56,12 +59,13 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
                 common = max(set(attempts.values()), key=list(attempts.values()).count)
                 env["AUTOEXP_ATTEMPTS"] = " ".join(
                     [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
-            options: list[str] = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
+            before: list[str] = [f"--dependency=afterany:{previous}"] if reason == "launch" and \
                 array.get("after_previous") and previous else []
             for waits, group in dependency_groups(st, chosen, lo).items():
                 spec = compress(index - lo for index, _ in group) + throttle
-                job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
-                                                 options=[*options, *([f"--dependency={waits}"] if waits else [])]))
+                job_id = found or sched.submit(Submission(
+                    exp_dir / array["script"], array=spec, env=env,
+                    options=[*before, *options, *([f"--dependency={waits}"] if waits else [])]))
                 submitted.append(job_id)
                 previous = job_id
                 _record_array(exp_dir, st, job_id, array, group, attempts, spec, reason)

@@ -57,7 +57,9 @@ class LocalScheduler(Scheduler):
         job_id = self._next_id()
         record = {"id": job_id, "script": str(script), "array": array is not None,
                   "throttle": throttle, "runner": None, "cwd": str(self.exp_dir),
-                  "env": dict(sub.env), "name": directives.get("job-name", script.name),
+                  "env": dict(sub.env), "name": next((o.partition("=")[2] for o in sub.options
+                                                      if o.startswith("--job-name=")),
+                                                     directives.get("job-name", script.name)),
                   "output": directives.get("output", "slurm-%j.out"),
                   "time_limit": slurm_time_seconds(directives.get("time")),
                   "dependency": [w for o in sub.options if o.startswith("--dependency=")
@@ -113,6 +115,12 @@ class LocalScheduler(Scheduler):
                     info.update(state="CANCELLED", completed=now(), reason="by user")
                     _set_elapsed(info)
                 write_job(file, job)
+
+    def find(self, job_name: str, since: dt.datetime) -> str | None:
+        for file in sorted(self.jobs.glob("*.json"), key=lambda f: int(f.stem)):
+            if read_job(file).get("name") == job_name:
+                return file.stem
+        return None
 
     def max_array_size(self) -> int:
         return 1_000_000

@@ -83,6 +83,8 @@ class Run(TypedDict):
     after: NotRequired[list[str]]  # the units it waits for (prepare, the previous stage's)
     axis: NotRequired[dict[str, Any]]  # its stage's own axis values (the task of run × task)
     skipped: NotRequired[str]  # why it never ran (state SKIPPED)
+    triggered: NotRequired[dict[str, int]]  # stage started per event -> how many of its events started one
+    batch: NotRequired[str]  # made per event: the job name it is (to be) submitted under
 
 
 class Lease(TypedDict, total=False):
@@ -132,6 +134,7 @@ class PlannedArray(TypedDict):
     spec: str  # the --array value, "0-7%4"
     after_previous: bool  # split arrays run one after the other to keep max_parallel exact
     stage: NotRequired[str]  # a staged experiment: the stage it runs
+    trigger: NotRequired[dict[str, Any]]  # started per log event: stage, event, exists, groups, cases
 
 
 class Plan(TypedDict):
@@ -188,6 +191,7 @@ class ArraySpec(Protocol):
     spec: str
     after_previous: bool
     stage: str
+    trigger: dict[str, Any] | None
 
 
 
@@ -238,6 +242,8 @@ def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None
                                "after_previous": a.after_previous}
         if a.stage:
             array["stage"] = a.stage
+        if a.trigger:
+            array["trigger"] = a.trigger
         planned.append(array)
     return {"arrays": planned, "sidecar": sidecar, "max_parallel": max_parallel}
 

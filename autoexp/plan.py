@@ -43,6 +43,7 @@ class ArrayPlan:
     spec: str  # the --array value, "0-7%4"
     after_previous: bool = False  # split arrays run one after the other to keep max_parallel exact
     stage: str = ""  # the stage whose units it runs ("" in a single-stage experiment)
+    trigger: dict | None = None  # a stage started per log event (stages.expand)
 
 
 @dataclass
@@ -101,9 +102,10 @@ class Plan:
         for k, array in enumerate(self.arrays):
             index_dir = root / ".index" / str(k)
             index_dir.mkdir(parents=True)
-            for task in range(array.count):
-                if array.offset + task in by_index:
-                    (index_dir / str(task)).symlink_to(Path("..", "..", run_dir(by_index[array.offset + task])))
+            for index in sorted(i for i in by_index if array.offset <= i < array.offset + array.count):
+                (index_dir / str(index - array.offset)).symlink_to(Path("..", "..", run_dir(by_index[index])))
+        if any(array.trigger for array in self.arrays):
+            (root / "triggers").mkdir()  # what the sidecar writes for each unit it makes
         (root / "logs").mkdir()
         plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"))
         st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
@@ -229,10 +231,12 @@ def task_context(config: Config, run, exp_dir: Path) -> dict:
     return context
 
 
-def render_task(config: Config, run, exp_dir: Path, own: dict | None = None, key: str = "") -> dict:
-    """One case of tasks.sh; ``own`` is a stage's config (see stages.settings) under key ``key``."""
+def render_task(config: Config, run, exp_dir: Path, own: dict | None = None, key: str = "",
+                extra: dict | None = None) -> dict:
+    """One case of tasks.sh; ``own`` is a stage's config (see stages.settings) under key ``key``;
+    ``extra`` adds to what the templates see (the groups of the event that starts the stage)."""
     own = own if own is not None else config.data
-    context = task_context(config, run, exp_dir)
+    context = {**task_context(config, run, exp_dir), **(extra or {})}
     command = render.render(own["command"], context, "line", config.where(f"{key}command")).strip()
     if not command:
         raise config.error(f"{key}command", "renders to an empty command")
@@ -261,18 +265,22 @@ def split(n_runs: int, max_array_size: int, max_parallel: int | None) -> list[Ar
 
 def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, list[ArrayPlan], list[dict]]:
     """A staged config's units, their arrays (one per stage and axis value) and tasks.sh cases."""
-    runs, units, blocks = stages.expand(config, exp_dir)
+    runs, units, blocks, cases = stages.expand(config, exp_dir, max_array_size)
     if len(runs) > max_array_size:
         raise config.error("sweep", f"{len(runs)} points: a staged sweep must fit in one array "
                            f"(MaxArraySize {max_array_size})")
     throttle = f"%{config['max_parallel']}" if config.get("max_parallel") else ""
-    arrays = [ArrayPlan(script=f"{b.stage}{b.suffix}.sbatch", offset=b.offset, count=max(b.tasks) + 1,
+    arrays = [ArrayPlan(script=f"{b.stage}{b.suffix}.sbatch", offset=b.offset,
+                        count=max(b.tasks) + 1 if b.tasks else max_array_size,
                         spec=actions.compress(b.tasks) + (throttle if b.stage != stages.PREPARE else ""),
-                        stage=b.stage) for b in blocks]
-    own = {stage: stages.settings(config.data, stage) for stage in {u.stage for u in units}}
+                        stage=b.stage, trigger=b.trigger) for b in blocks]
+    own = {stage: stages.settings(config.data, stage) for stage in {u.stage for u in units + cases}}
+    events = {b.stage: {g: render.ShellVar(stages.event_variable(g)) for g in b.trigger["groups"]}
+              for b in blocks if b.trigger}
     tasks = [render_task(config, unit, exp_dir, {**own[unit.stage], "command": (
         config["prepare"] if unit.stage == stages.PREPARE else config["stages"][unit.stage])["command"]},
-        "prepare." if unit.stage == stages.PREPARE else f"stages.{unit.stage}.") for unit in units]
+        "prepare." if unit.stage == stages.PREPARE else f"stages.{unit.stage}.", events.get(unit.stage))
+        for unit in units + cases]
     return units, arrays, tasks
 
 
@@ -306,7 +314,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
                    "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm.items() if k2 != "job-name"}),
                    "n_runs": len(runs), "requeue": config.get("requeue") or {},
                    "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")
-                   and array.stage != stages.PREPARE else 0}
+                   and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger)}
         plan.files[array.script] = _render(array_template, context, where, names)
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)

@@ -75,6 +75,11 @@ class Scheduler(abc.ABC):
     def max_array_size(self) -> int:
         """Task ids of one array must be below this."""
 
+    def find(self, job_name: str, since: dt.datetime) -> str | None:
+        """The job id of a job submitted with this (unique) name since ``since``, or None: how a
+        submission whose id was never recorded (its submitter was killed) is found again."""
+        raise NotImplementedError(f"the {self.name} scheduler cannot find jobs by name")
+
     def requeue(self, job_ids: Sequence[str]) -> None:
         raise NotImplementedError(f"the {self.name} scheduler cannot requeue")
 

@@ -275,6 +275,11 @@ STAGE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 STAGE = mapping({
     "command": string(),
     "after": string(STAGE_NAME_RE, "the name of another stage"),
+    # started per log event of another stage: {stage: train, event: checkpoint, exists: path}
+    "on": mapping({"stage": string(STAGE_NAME_RE, "the name of another stage"),
+                   "event": string(NAME_RE, "the name of one of that stage's monitor.events"),
+                   "exists": string(NAME_RE, "a group of the event's pattern naming a file")},
+                  required=("stage", "event")),
     "axis": _grid,
     "only": _sweep_points,
     "skip": _sweep_points,
@@ -294,6 +299,12 @@ def stages(value, path):
     if "prepare" in out:
         raise Invalid(f"{path}.prepare", "'prepare' is the top-level prepare step, not a stage name")
     for name, stage in out.items():
+        if "on" in stage:
+            source = stage["on"]["stage"]
+            if "after" in stage or "axis" in stage:
+                raise Invalid(f"{path}.{name}.on", "a stage started by events has no after or axis")
+            if source not in list(out)[:list(out).index(name)]:
+                raise Invalid(f"{path}.{name}.on.stage", f"{source!r} is not a stage written before {name!r}")
         after = stage.get("after")
         if after is None:
             continue

@@ -89,6 +89,17 @@ class SlurmScheduler(Scheduler):
                     and "already completing or completed" not in proc.stderr:
                 raise SchedulerError(f"scancel failed: {proc.stderr.strip()}")
 
+    def find(self, job_name: str, since: dt.datetime) -> str | None:
+        # squeue knows a job the moment sbatch returns; accounting may lag behind it, and keeps
+        # it once it has left the queue: ask both.
+        queued = run(["squeue", "--noheader", f"--name={job_name}", "--format=%F"]).stdout.split()
+        if queued:
+            return queued[0]
+        argv = ["sacct", "--noheader", "--parsable2", "--allocations", f"--name={job_name}", "--format=JobID",
+                f"--starttime={since.astimezone(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"]
+        found = run(argv, env=utc_env(), timeout=self.query_timeout).stdout.split()
+        return found[0].split("_")[0] if found else None
+
     def requeue(self, job_ids: Sequence[str]) -> None:
         run(["scontrol", "requeue", ",".join(job_ids)])
 

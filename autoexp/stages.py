@@ -7,12 +7,15 @@ directory ``runs/<point>/`` its stages share) and the units it waits for (``afte
 
 Index layout, which Slurm's ``aftercorr`` needs: the optional prepare step is index 0; then each
 stage (and each value of its axis) takes a block of one index per sweep point, and its array's task
-id is the point's index, so task *i* of ``eval`` follows task *i* of ``train``.
+id is the point's index, so task *i* of ``eval`` follows task *i* of ``train``. A stage started per
+log event (``on:``) has a block of tasks.sh cases (one per point, not units) and, after everything,
+a block of MaxArraySize indices for the units the sidecar makes as the events appear.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ class Block:
     offset: int
     tasks: list[int]
     suffix: str  # the script's name: <stage><suffix>.sbatch
+    trigger: dict[str, Any] | None = None  # a stage started per event: see :func:`trigger_of`
 
 
 def settings(data: dict, stage: str) -> dict:
@@ -74,12 +78,34 @@ def takes(stage: dict, point: dict) -> bool:
     return not _matches(point, stage.get("skip") or [])
 
 
-def expand(config, exp_dir: Path) -> tuple[list[sweep.Run], list[Unit], list[Block]]:
-    """The sweep's runs, every unit, and the blocks (one array each) in submission order."""
+def event_groups(config, stage: str, on: dict) -> list[str]:
+    """The named groups of the event that starts ``stage`` (checked against the config)."""
+    events = {e["name"]: e for e in settings(config.data, on["stage"])["monitor"].get("events") or []}
+    if on["event"] not in events:
+        raise config.error(f"stages.{stage}.on.event", f"stage {on['stage']!r} has no monitor event "
+                           f"{on['event']!r} (its events: {', '.join(events) or 'none'})")
+    groups = list(re.compile(events[on["event"]]["pattern"]).groupindex)
+    if on.get("exists") and on["exists"] not in groups:
+        raise config.error(f"stages.{stage}.on.exists", f"the pattern of {on['event']!r} has no group "
+                           f"{on['exists']!r} (its groups: {', '.join(groups) or 'none'})")
+    return groups
+
+
+def event_variable(group: str) -> str:
+    """The environment variable a triggered task finds an event's group in."""
+    return f"AUTOEXP_EVENT_{group.upper()}"
+
+
+def expand(config, exp_dir: Path, max_array_size: int) -> tuple[list[sweep.Run], list[Unit], list[Block],
+                                                                 list[Unit]]:
+    """The sweep's runs, every unit, the blocks (one array each) in submission order, and the
+    cases of stages started per event: rendered in tasks.sh, their units made by the sidecar."""
     runs = sweep.expand(config, exp_dir)
     data = config.data
     units: list[Unit] = []
+    cases: list[Unit] = []
     blocks: list[Block] = []
+    triggered: list[tuple[str, dict]] = []
     offset = 0
     if data.get("prepare"):
         units.append(Unit(0, PREPARE, {}, PREPARE, PREPARE, PREPARE))
@@ -87,6 +113,15 @@ def expand(config, exp_dir: Path) -> tuple[list[sweep.Run], list[Unit], list[Blo
         offset = 1
     first: dict[str, dict[int, str]] = {}  # stage -> point index -> unit name (stages without axis)
     for stage, spec in data["stages"].items():
+        if spec.get("on"):
+            groups = event_groups(config, stage, spec["on"])
+            for run in runs:
+                if takes(spec, run.params):
+                    cases.append(Unit(offset + run.index, f"{run.name}+{stage}", dict(run.params), stage, run.name,
+                                      str(Path("runs", run.name))))
+            triggered.append((stage, {**spec["on"], "groups": groups, "cases": offset}))
+            offset += len(runs)
+            continue
         axis = spec.get("axis") or {}
         combos = [dict(zip(axis, c)) for c in itertools.product(*axis.values())] if axis else [{}]
         for k, combo in enumerate(combos):
@@ -112,4 +147,7 @@ def expand(config, exp_dir: Path) -> tuple[list[sweep.Run], list[Unit], list[Blo
                 raise config.error(f"stages.{stage}", "no sweep point runs this stage (check only/skip)")
             blocks.append(Block(stage, offset, tasks, f"_{k}" if len(combos) > 1 else ""))
             offset += len(runs)
-    return runs, units, blocks
+    for stage, trigger in triggered:  # unit k of such a stage is task k of its arrays
+        blocks.append(Block(stage, offset, [], "", trigger))
+        offset += max_array_size
+    return runs, units, blocks, cases

@@ -7,14 +7,27 @@
   submitted again waiting on the new one; a SKIPPED unit is submitted again the same way.
 
 All such submissions of one poll go out together, one array per stage.
+
+A stage started per log event (``on: {stage, event, exists}``) gets a unit per event of a unit of
+that stage, made in the poll that read the event (in the same write as the log offsets that
+produced it: none missed, none twice); the units one poll makes go out as one array. Before sbatch
+the units are written with a unique job name (their intent); a sidecar killed between the sbatch
+and the write that records its id is followed by one that finds the job by that name instead of
+submitting it again.
 """
 
 from __future__ import annotations
 
-from .. import actions, model, stages
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from .. import actions, model, stages, statefile
 from ..errors import AutoexpError
 from ..jobstates import SKIPPED, Phase, phase
-from ..model import Run
+from ..model import PlannedArray, Run
+from .records import since
 from .policy import Policy
 
 
@@ -33,7 +46,71 @@ class Follow(Policy):
         return not (current["state"] in self.settings.of(run).retry_on and not current.get("retry")
                     and not current.get("cancelled"))
 
+    def trigger(self) -> None:
+        """Make a unit per new event that starts a stage; submit them, one array per stage."""
+        for k, array in enumerate(self.st.get("plan", {}).get("arrays", [])):
+            if array.get("trigger"):
+                self._trigger(k, array)
+
+    def _trigger(self, k: int, array: PlannedArray) -> None:
+        trigger, runs, stage = array["trigger"], self.st["runs"], array["stage"]
+        intents: dict[str, list[str]] = {}
+        for name, run in runs.items():
+            if run.get("stage") == stage and run.get("batch") and not run["attempts"]:
+                intents.setdefault(run["batch"], []).append(name)
+        made = [n for n, r in runs.items() if r.get("stage") == stage]
+        new: list[str] = []
+        for run in sorted(runs.values(), key=lambda r: r["index"]):
+            if run.get("stage") != trigger["stage"]:
+                continue
+            used = run.setdefault("triggered", {}).get(stage, 0)
+            for event in [e for e in run["events"] if e["name"] == trigger["event"]][used:]:
+                wanted = event["groups"].get(trigger["exists"]) if trigger.get("exists") else None
+                if wanted is not None and not (Path(self.exp_dir) / run.get("dir", "") / str(wanted)).exists():
+                    break  # gated: this event (and those after it, in order) wait for the file
+                new.append(self._make(k, array, run, event["groups"], len(made) + len(new)))
+                used += 1
+            run["triggered"][stage] = used
+        if new:
+            batch = f"autoexp-{self.st['experiment']}-{stage}-{runs[new[0]]['index'] - array['offset']}"
+            for name in new:
+                runs[name]["batch"] = batch
+            intents[batch] = new
+            statefile.write(self.exp_dir, self.st)  # the intent, before sbatch
+        for batch, names in intents.items():
+            try:
+                found = self.sched.find(batch, since(self.st))
+                actions.submit_runs(self.exp_dir, self.st, self.sched, names, f"event {trigger['event']}",
+                                    options=[f"--job-name={batch}"], found=found)
+            except AutoexpError as err:
+                model.log(self.st, "SUBMIT_FAILED", ", ".join(names), self.when, Error=str(err),
+                          Result="will try again next poll")
+
+    def _make(self, k: int, array: PlannedArray, source: Run, groups: dict[str, Any], serial: int) -> str:
+        """A unit for one event: its state record, its trigger file and its log's link."""
+        trigger, stage, point = array["trigger"], array["stage"], source.get("point", "")
+        number = 1 + sum(1 for r in self.st["runs"].values() if r.get("stage") == stage and r.get("point") == point)
+        name = f"{point}+{stage}+{number}"
+        values = {g: groups.get(g) for g in trigger["groups"]}
+        unit = stages.Unit(array["offset"] + serial, name, {**source["params"], **values}, stage, point,
+                           source.get("dir") or "", [], values)
+        self.st["runs"][name] = model.new_run(unit.index, unit.params, unit)
+        case = trigger["cases"] + (source["index"] - next(
+            a["offset"] for a in self.st["plan"]["arrays"] if a.get("stage") == trigger["stage"]
+            and a["offset"] <= source["index"] < a["offset"] + a["count"]))
+        lines = [f"AUTOEXP_RUN_INDEX={case}", f"AUTOEXP_UNIT_NAME={shlex.quote(name)}"]
+        lines += [f"export {stages.event_variable(g)}={shlex.quote(str(v if v is not None else ''))}"
+                  for g, v in values.items()]
+        statefile.atomic_write(self.exp_dir / "triggers" / f"{serial}.sh", "\n".join(lines) + "\n")
+        link = self.exp_dir / ".index" / str(k) / str(serial)
+        if not os.path.lexists(link):
+            link.symlink_to(Path("..", "..", unit.dir))
+        model.log(self.st, "TRIGGER", name, self.when, Event=trigger["event"],
+                  Groups=", ".join(f"{g}={v}" for g, v in values.items()) or None)
+        return name
+
     def follow(self) -> None:
+        self.trigger()
         runs = self.st["runs"]
         skip: dict[str, str] = {}
         again: list[str] = []
