@@ -14,7 +14,7 @@ import yaml
 
 import autoexp
 from autoexp.errors import InputError
-from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_state_done, write_config
+from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
 
 PIPELINE = REPO / "examples" / "pipeline.yaml"
 slurm_only = pytest.mark.usefixtures("slurm")
@@ -250,3 +250,75 @@ def test_single_stage_config_keeps_its_plan(workdir):
     assert "stage" not in st["plan"]["arrays"][0]
     assert yaml.safe_load((built.exp_dir / "config.yaml").read_text()).get("stages") is None
     assert os.path.islink(built.exp_dir / ".index" / "0" / "0")
+
+
+# --------------------------------------------------------------------------- per-checkpoint triggers
+
+def triggered(name: str, points: int = 4, **extra) -> dict:
+    """Training prints two checkpoints (the files exist first); x<points+1> fails before any."""
+    train = (f'if [ {{{{ x }}}} = {points + 1} ]; then exit 3; fi; '
+             'for k in 1 2; do sleep 3; echo "ck {{ x }} $k" > ckpt-$k.txt; echo "saved checkpoint ckpt-$k.txt"; done')
+    return {"name": name, "sweep": {"grid": {"x": list(range(1, points + 2))}}, "monitor": {"interval": 2},
+            "slurm": {"time": "00:05:00"},
+            "stages": {"train": {"command": train, "monitor": {"events": [
+                {"name": "checkpoint", "pattern": r"saved checkpoint (?P<path>\S+)"}]}},
+                "eval": {"on": {"stage": "train", "event": "checkpoint", "exists": "path"},
+                         "command": 'echo "evaluating {{ run_name }} {{ path }}: $(cat {{ path }})"'}}, **extra}
+
+
+def _assert_each_checkpoint_once(st: dict, points: int) -> None:
+    evals = {n: r for n, r in st["runs"].items() if r.get("stage") == "eval"}
+    assert sorted((r["point"], r["axis"]["path"]) for r in evals.values()) == \
+        sorted((f"x{x}", f"ckpt-{k}.txt") for x in range(1, points + 1) for k in (1, 2))
+    assert all(r["state"] == "COMPLETED" and len(r["attempts"]) == 1 for r in evals.values())
+    for run in evals.values():
+        k = run["axis"]["path"][5]
+        assert f"evaluating {run['point']} ckpt-{k}.txt: ck {run['point'][1:]} {k}" in open(run["attempts"][0]["log"]).read()
+
+
+def test_each_checkpoint_is_evaluated_once_on_the_local_scheduler(workdir):
+    path = write_config(workdir, triggered("ckpt-local", monitor={"interval": 1}))
+    assert run_cli("launch", path, cwd=workdir, env={"AUTOEXP_SCHEDULER": "local"}).returncode == 0
+    st = wait_state_done(workdir / "experiments" / "ckpt-local", timeout=180)
+    _assert_each_checkpoint_once(st, 4)
+    assert st["runs"]["x5+train"]["state"] == "FAILED"
+
+
+@slurm_only
+def test_sidecar_killed_while_submitting_evaluations_neither_misses_nor_doubles(workdir, cleanup, tmp_path):
+    # A real sbatch that takes its time to return: the first evaluation batch is accepted by Slurm,
+    # then the sidecar is killed -9 before it can record the job id (its intent is in the state).
+    calls = tmp_path / "sbatch.calls"
+    wrapper = tmp_path / "bin" / "sbatch"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/bash\nout=$(/usr/bin/sbatch "$@") || exit $?\necho "$*" >> {calls}\necho "$out"\n'
+                       'case "$*" in *--job-name=autoexp-ckpt-eval-*) sleep 6 ;; esac\n')
+    wrapper.chmod(0o755)
+    env = {"PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    path = write_config(workdir, triggered("ckpt"))
+    assert run_cli("launch", path, cwd=workdir, env=env).returncode == 0
+    exp = workdir / "experiments" / "ckpt"
+    cleanup(exp)
+
+    def submitting():
+        st = read_state(exp)
+        waiting = [r for r in st["runs"].values() if r.get("batch") and not r["attempts"]]
+        return (st["sidecar"], waiting) if waiting and st["sidecar"].get("pid") else None
+    lease, waiting = wait_for(submitting, timeout=120, interval=0.05, what="the sidecar to submit evaluations")
+    wait_for(lambda: f"--job-name={waiting[0]['batch']}" in calls.read_text(), timeout=30, interval=0.05,
+             what="Slurm to accept the batch")
+    os.kill(lease["pid"], 9)
+    wait_for(lambda: not _squeue([lease["job_id"]]), timeout=60, what="the killed sidecar's job to end")
+    assert any(f"--job-name={waiting[0]['batch']}" in line for line in calls.read_text().splitlines())
+    assert run_cli("resume", exp, cwd=workdir, env=env).returncode == 0
+    st = wait_state_done(exp, timeout=300)
+    _assert_each_checkpoint_once(st, 4)
+    assert st["runs"]["x5+train"]["state"] == "FAILED"
+    # every batch went to sbatch once: the one submitted before the kill was found, not resubmitted
+    lines = calls.read_text().splitlines()
+    batches = {r["batch"] for r in st["runs"].values() if r.get("batch")}
+    assert all(sum(f"--job-name={b}" in line for line in lines) == 1 for b in batches)
+    rows = sacct_rows([a["job_id"] for a in st["arrays"] if a["script"] == "eval.sbatch"])
+    assert len([r for r in rows if "_" in r[0]]) == 8  # eight evaluation tasks ran in all
+    # sbatch calls: train, the sidecar and its successor, one per poll that found checkpoints
+    assert len(lines) == 1 + 2 + len(batches) and len(batches) <= 2 * 4
