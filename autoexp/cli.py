@@ -88,7 +88,9 @@ def cmd_plan(args) -> int:
     built = plan_experiment(_load(args), scheduler=args.scheduler)
     print(f"planned {len(built.runs)} runs in {built.exp_dir}")
     for array in built.arrays:
-        print(f"  {array.script}: --array={array.spec}")
+        spec = f"one array per poll that finds {array.trigger['event']} lines" if array.trigger else \
+            f"--array={array.spec}"
+        print(f"  {array.script}: {spec}")
     return 0
 
 

@@ -119,6 +119,10 @@ class Plan:
             return f" --account={shlex.quote(str(options['account']))}" if options.get("account") else ""
         runs, sidecar = account(self.config["slurm"]), account(sidecar_options(self.config))
         for array in self.arrays:
+            if array.trigger:  # submitted by the sidecar as the events appear
+                lines.append(f"  (by the sidecar, per {array.trigger['event']} of {array.trigger['stage']}) "
+                             f"sbatch --parsable{runs} --array=... {self.exp_dir / array.script}")
+                continue
             lines.append(f"  sbatch --parsable{runs} --array={array.spec} {self.exp_dir / array.script}")
         lines.append(f"  sbatch --parsable{sidecar} {self.exp_dir / 'sidecar.sbatch'}")
         return "\n".join(lines)
