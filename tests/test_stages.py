@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import autoexp
+from autoexp import model
 from autoexp.errors import InputError
 from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
 
@@ -313,7 +314,12 @@ def test_sidecar_killed_while_submitting_evaluations_neither_misses_nor_doubles(
     assert run_cli("resume", exp, cwd=workdir, env=env).returncode == 0
     st = wait_state_done(exp, timeout=300)
     _assert_each_checkpoint_once(st, 4)
-    assert st["runs"]["x5+train"]["state"] == "FAILED"
+    assert st["runs"]["x5+train"]["state"] == "FAILED"  # it saved no checkpoint: nothing evaluated
+    summary = (exp / "experiment_summary.md").read_text()
+    assert "## Stage: train" in summary and "| Run | Path | Status |" in summary.split("## Stage: eval")[1]
+    for run in (r for r in st["runs"].values() if r.get("stage") == "eval"):  # after its checkpoint was written
+        written = os.stat(exp / "runs" / run["point"] / run["axis"]["path"]).st_mtime
+        assert _times([run["job_id"]])[run["job_id"]][0] >= model.iso(written)[:19]
     # every batch went to sbatch once: the one submitted before the kill was found, not resubmitted
     lines = calls.read_text().splitlines()
     batches = {r["batch"] for r in st["runs"].values() if r.get("batch")}
