@@ -113,7 +113,7 @@ def _record_array(exp_dir: Path, st: State, job_id: str, array: PlannedArray, ch
             attempt["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
         run.pop("skipped", None)
         model.add_attempt(run, attempt)
-    kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
+    kind = "RETRY" if max(attempts[index] for index, _ in chosen) > 1 else "SUBMIT_ARRAY"
     model.log(st, kind, array["script"], when, Job_ID=job_id, Tasks=spec,
               Runs=len(chosen) if len(chosen) > 5 else ", ".join(n for _, n in chosen),
               Attempt=max(attempts.values()), Reason=None if reason == "launch" else reason)

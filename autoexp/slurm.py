@@ -90,9 +90,9 @@ class SlurmScheduler(Scheduler):
                 raise SchedulerError(f"scancel failed: {proc.stderr.strip()}")
 
     def find(self, job_name: str, since: dt.datetime) -> str | None:
-        # squeue knows a job the moment sbatch returns; accounting may lag behind it, and keeps
-        # it once it has left the queue: ask both.
-        queued = run(["squeue", "--noheader", f"--name={job_name}", "--format=%F"]).stdout.split()
+        # The controller knows a job the moment sbatch returns, and for a while after it ended
+        # (--states=all); accounting may lag behind it, and keeps it for good: ask both.
+        queued = run(["squeue", "--noheader", "--states=all", f"--name={job_name}", "--format=%F"]).stdout.split()
         if queued:
             return queued[0]
         argv = ["sacct", "--noheader", "--parsable2", "--allocations", f"--name={job_name}", "--format=JobID",
