@@ -18,6 +18,7 @@ submitting it again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from pathlib import Path
@@ -72,7 +73,9 @@ class Follow(Policy):
                 used += 1
             run["triggered"][stage] = used
         if new:
-            batch = f"autoexp-{self.st['experiment']}-{stage}-{runs[new[0]]['index'] - array['offset']}"
+            # unique to this experiment (a name and a directory can be used again) and this batch
+            token = hashlib.sha1(f"{self.exp_dir}|{self.st['created']}".encode()).hexdigest()[:8]
+            batch = f"autoexp-{self.st['experiment']}-{stage}-{token}-{runs[new[0]]['index'] - array['offset']}"
             for name in new:
                 runs[name]["batch"] = batch
             intents[batch] = new
