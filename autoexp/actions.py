@@ -56,7 +56,8 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     a timed-out one (SchedulerTimeout) its intent stays, to be settled by the next caller.
 
     With ``max_parallel``, a retry array waits (``afterany``) for the arrays still running, so
-    that one cap holds for the whole sweep, not one per array.
+    that one cap holds for the whole sweep, not one per array. A stage's unit waits for its earlier
+    stages (:func:`stage_waits`): runs that wait for different jobs go out as different arrays.
     """
     exp_dir = Path(exp_dir)
     plan = st["plan"]
@@ -68,12 +69,12 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
         previous = None
         for array in plan["arrays"]:
             lo, hi = array["offset"], array["offset"] + array["count"]
-            sets: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+            sets: dict[tuple[tuple[str, ...], str], list[tuple[int, str]]] = {}
             for name in names:
                 if lo <= st["runs"][name]["index"] < hi:
-                    sets.setdefault(tuple(resource_options(given.get(name))), []).append(
-                        (st["runs"][name]["index"], name))
-            for resources, chosen in sorted(sets.items()):
+                    key = (tuple(resource_options(given.get(name))), stage_waits(st, name))
+                    sets.setdefault(key, []).append((st["runs"][name]["index"], name))
+            for (resources, waits), chosen in sorted(sets.items()):
                 chosen.sort()
                 attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
                 spec = compress(index - lo for index, _ in chosen) + throttle
@@ -84,7 +85,8 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
                         [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
                 after = [previous] if reason == "launch" and array.get("after_previous") and previous else \
                     running_arrays(st) if reason != "launch" and throttle else []
-                options = [f"--dependency=afterany:{':'.join(after)}"] if after else []
+                dependency = ",".join(filter(None, [f"afterany:{':'.join(after)}" if after else "", waits]))
+                options = [f"--dependency={dependency}"] if dependency else []
                 intent = model.new_intent(secrets.token_hex(6), array["script"], lo,
                                           [(i, n, attempts[i]) for i, n in chosen], spec, reason)
                 if resources:
@@ -129,6 +131,21 @@ def running_arrays(st: State) -> list[str]:
     return [a["job_id"] for a in st["arrays"] if a["job_id"] in active]
 
 
+def stage_waits(st: State, name: str) -> str:
+    """What a stage's unit waits for, as a ``--dependency`` list ("" for nothing): the same
+    point's earlier stage with Slurm's ``aftercorr`` on its array (task i of eval after task i of
+    train: both have the point's index as task id), the prepare step with ``afterok`` on its task.
+    Only units that have not completed are waited for."""
+    run = st["runs"][name]
+    words = []
+    for other in run.get("after") or []:
+        job = st["runs"][other]["job_id"]
+        if job and st["runs"][other]["state"] != "COMPLETED":
+            same_point = st["runs"][other].get("point") == run.get("point")
+            words.append(f"aftercorr:{job.partition('_')[0]}" if same_point else f"afterok:{job}")
+    return ",".join(words)
+
+
 def settle_intents(exp_dir: Path, st: State, sched: Scheduler) -> set[str]:
     """Find out what became of the submissions recorded as intents (their answer was lost): one
     the scheduler has is recorded as if the answer had come; one it does not have was never made
@@ -171,10 +188,14 @@ def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None
     given = intent.get("given") or {}
     for index, name, number in intent["runs"]:
         task = index - offset
-        model.add_attempt(st["runs"][name], model.new_attempt(
-            number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task),
-            given=given.get(name)))
-    kind = "SUBMIT_ARRAY" if reason == "launch" else "RETRY"
+        run = st["runs"][name]
+        record = model.new_attempt(number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task, run),
+                                   given=given.get(name))
+        if run.get("after"):
+            record["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
+        run.pop("skipped", None)
+        model.add_attempt(run, record)
+    kind = "RETRY" if attempt > 1 else "SUBMIT_ARRAY"
     runs = intent["runs"]
     whys = sorted({g["why"] for g in given.values() if g.get("why")})
     model.log(st, kind, intent["script"], when, Job_ID=job_id, Tasks=spec,

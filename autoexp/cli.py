@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("logs", "show a run's log")
     experiment_arg(p)
     p.add_argument("run", metavar="RUN", help="run name (or index)")
+    p.add_argument("stage", nargs="?", metavar="STAGE", help="a staged experiment: the stage's log "
+                   "(with an axis, name the task: RUN eval+task=arc)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--attempt", type=int, metavar="N", help="that attempt's log (default: the latest)")
 
@@ -86,7 +88,9 @@ def cmd_plan(args) -> int:
     built = plan_experiment(_load(args), scheduler=args.scheduler)
     print(f"planned {len(built.runs)} runs in {built.exp_dir}")
     for array in built.arrays:
-        print(f"  {array.script}: --array={array.spec}")
+        spec = f"one array per poll that finds {array.trigger['event']} lines" if array.trigger else \
+            f"--array={array.spec}"
+        print(f"  {array.script}: {spec}")
     return 0
 
 
@@ -196,7 +200,7 @@ def cmd_resume(args) -> int:
 def cmd_logs(args) -> int:
     from .experiment import logs
 
-    logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir)
+    logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir, stage=args.stage)
     return 0
 
 

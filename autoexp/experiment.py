@@ -150,6 +150,11 @@ def _select(exp_dir: Path, st: State, names) -> list[str]:
     for word in names:
         word = str(word)
         name = word if word in st["runs"] else by_index.get(word)
+        # A staged experiment: a run's name (or RUN+STAGE) means each of its stage units.
+        units = [] if name is not None else [n for n in st["runs"] if n.startswith(f"{word}+")]
+        chosen += [n for n in units if n not in chosen]
+        if name is None and units:
+            continue
         if name is None:
             import difflib
 
@@ -160,6 +165,15 @@ def _select(exp_dir: Path, st: State, names) -> list[str]:
         if name not in chosen:
             chosen.append(name)
     return chosen
+
+
+def _one(exp_dir: Path, st: State, word: str) -> str:
+    """One run (or stage unit) from the user's word; a run with several stages must name one."""
+    names = _select(exp_dir, st, [word])
+    if len(names) > 1:
+        raise InputError(f"{word!r} has {len(names)} stage runs: name one ({', '.join(names[:6])}"
+                         f"{', ...' if len(names) > 6 else ''})", str(exp_dir), "RUN")
+    return names[0]
 
 
 def watcher(exp_dir: Path, st: State, sched: Scheduler) -> str:
@@ -184,8 +198,10 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
     with statefile.locked(exp_dir) as st:
         sched = backends.of_experiment(exp_dir, st)
         if runs:
-            names = _select(exp_dir, st, runs)
+            chosen = _select(exp_dir, st, runs)
             _catch_up(exp_dir, st, sched)
+            names = [n for n in chosen  # of a run's stages, those still to end
+                     if n in runs or st["runs"][n]["state"] not in TERMINAL]
             for name in names:
                 if st["runs"][name]["state"] in TERMINAL:
                     raise InputError(f"run {name!r} has already finished ({st['runs'][name]['state']}); "
@@ -313,16 +329,18 @@ def _attempt(exp_dir: Path, st: State, name: str, number: int | None) -> Attempt
                      "--attempt")
 
 
-def log_path(exp: str | os.PathLike, run: str, attempt: int | None = None, output: str | None = None) -> Path:
-    """Where a run's log is for its latest attempt (or attempt number ``attempt``)."""
+def log_path(exp: str | os.PathLike, run: str, attempt: int | None = None, output: str | None = None,
+             stage: str | None = None) -> Path:
+    """Where a run's log is for its latest attempt (or attempt number ``attempt``); in a staged
+    experiment, ``stage`` names which (``"eval+task=arc"`` with an axis)."""
     exp_dir = find(exp, output)
     st = statefile.read_shared(exp_dir)
-    name = _select(exp_dir, st, [run])[0]
+    name = _one(exp_dir, st, f"{run}+{stage}" if stage else run)
     return Path(_attempt(exp_dir, st, name, attempt)["log"])
 
 
 def logs(exp: str | os.PathLike, run: str, attempt: int | None = None, follow: bool = False, out=None,
-         output: str | None = None, poll: float = 1.0) -> Path:
+         output: str | None = None, poll: float = 1.0, stage: str | None = None) -> Path:
     """Copy a run's log to ``out`` (a binary stream, default stdout); return the log's path.
 
     With ``follow``, keep copying as the log grows until that attempt has ended in the state
@@ -330,7 +348,7 @@ def logs(exp: str | os.PathLike, run: str, attempt: int | None = None, follow: b
     """
     exp_dir = find(exp, output)
     st = statefile.read_shared(exp_dir)
-    name = _select(exp_dir, st, [run])[0]
+    name = _one(exp_dir, st, f"{run}+{stage}" if stage else run)
     chosen = _attempt(exp_dir, st, name, attempt)
     path, number = Path(chosen["log"]), chosen["attempt"]
     out = out or sys.stdout.buffer

@@ -13,8 +13,10 @@ import enum
 # Before an allocation starts; PLANNED is autoexp's own word for a run never submitted.
 WAITING = frozenset({"PLANNED", "PENDING", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
 # States after which a job will not change again (PREEMPTED may still be requeued by Slurm).
+# SKIPPED is autoexp's own: a stage unit that never ran because what it waited for failed.
+SKIPPED = "SKIPPED"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                      "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"})
+                      "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", SKIPPED})
 # An allocation that ended; REQUEUED ends it too, but then the run goes on in a new allocation.
 ENDED = TERMINAL | {"REQUEUED"}
 # A run that ended badly: what `retry --failed` resubmits, shown with its log and exit code.

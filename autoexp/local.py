@@ -60,6 +60,8 @@ class LocalScheduler(Scheduler):
                   "env": dict(sub.env), "name": directives.get("job-name", script.name), "tag": sub.tag,
                   "output": directives.get("output", "slurm-%j.out"),
                   "time_limit": slurm_time_seconds(directives.get("time")),
+                  "dependency": [w for o in sub.options if o.startswith("--dependency=")
+                                 for w in o.partition("=")[2].split(",")],
                   "tasks": {str(t): {"state": "PENDING", "submitted": now()} for t in tasks}}
         write_job(self.jobs / f"{job_id}.json", record)
         log = open(self.root / f"runner-{job_id}.log", "ab")
@@ -212,8 +214,9 @@ def run_job(root: Path, job_id: str) -> None:
                 info["exit_code"] = f"{max(code, 0)}:{-code if code < 0 else 0}"
                 _set_elapsed(info)
             pending = [t for t, info in job["tasks"].items() if info["state"] == "PENDING"]
+            ready = [t for t in pending if _dependency_met(root, job.get("dependency") or [], t)]
             slots = (job["throttle"] or len(job["tasks"])) - len(running)
-            for task in pending[:max(slots, 0)]:
+            for task in ready[:max(slots, 0)]:
                 proc = _start(job, task if job["array"] else None)
                 running[task] = (proc, time.monotonic())
                 job["tasks"][task].update(state="RUNNING", started=now(), pid=proc.pid)
@@ -221,6 +224,26 @@ def run_job(root: Path, job_id: str) -> None:
         if not running and not pending:
             return
         time.sleep(POLL)
+
+
+def _dependency_met(root: Path, words: list[str], task: str) -> bool:
+    """Slurm's ``afterok:J``, ``afterok:J_T``, ``aftercorr:J`` (task T of J, the same id as this
+    one) and ``afterany:J`` as the local runner reads them. One that can no longer be met keeps
+    the task pending, as Slurm does: the sidecar cancels it."""
+    for word in words:
+        kind, _, target = word.partition(":")
+        job_id, _, wanted = target.partition("_")
+        file = root / "jobs" / f"{job_id}.json"
+        if not file.exists():
+            return False
+        tasks = read_job(file)["tasks"]
+        if kind == "aftercorr" and task in tasks:
+            wanted = task
+        states = [tasks[wanted]["state"]] if wanted in tasks else [i["state"] for i in tasks.values()]
+        done = {"COMPLETED"} if kind != "afterany" else {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+        if any(state not in done for state in states):
+            return False
+    return True
 
 
 if __name__ == "__main__":

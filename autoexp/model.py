@@ -47,6 +47,7 @@ class Attempt(TypedDict):
     retry: NotRequired[str]  # why a retry followed it ("none left": none could)
     failure: NotRequired[str]  # how it failed: its state, or OUT_OF_MEMORY when its log says so
     given: NotRequired[dict[str, Any]]  # what a retry rule changed for it, and why (remedies)
+    after_jobs: NotRequired[dict[str, str | None]]  # stage units: the job each unit it waits for had
 
 
 class Event(TypedDict):
@@ -78,6 +79,14 @@ class Run(TypedDict):
     cancelled: NotRequired[str]
     result: NotRequired[str | None]  # a function sweep's return value (repr, shortened)
     error: NotRequired[str]
+    # A staged experiment's runs are its units (see autoexp/stages.py): one stage of one point.
+    stage: NotRequired[str]
+    point: NotRequired[str]  # the sweep point's name, whose directory its stages share
+    dir: NotRequired[str]  # its directory, relative to the experiment (default runs/<name>)
+    after: NotRequired[list[str]]  # the units it waits for (prepare, the previous stage's)
+    axis: NotRequired[dict[str, Any]]  # its stage's own axis values (the task of run × task)
+    skipped: NotRequired[str]  # why it never ran (state SKIPPED)
+    triggered: NotRequired[dict[str, int]]  # stage started per event -> how many of its events started one
 
 
 class Lease(TypedDict, total=False):
@@ -142,6 +151,8 @@ class PlannedArray(TypedDict):
     count: int
     spec: str  # the --array value, "0-7%4"
     after_previous: bool  # split arrays run one after the other to keep max_parallel exact
+    stage: NotRequired[str]  # a staged experiment: the stage it runs
+    trigger: NotRequired[dict[str, Any]]  # started per log event: stage, event, exists, groups, cases
 
 
 class Plan(TypedDict):
@@ -184,6 +195,7 @@ class State(TypedDict):
     intents: NotRequired[list[Intent]]
     query: NotRequired[Query]
     events_log: NotRequired[EventsMark]
+    ended_by: NotRequired[str]  # why the experiment ended before its runs did (a failed prepare step)
 
 
 class PlannedRun(Protocol):
@@ -198,6 +210,9 @@ class ArraySpec(Protocol):
     count: int
     spec: str
     after_previous: bool
+    stage: str
+    trigger: dict[str, Any] | None
+
 
 
 # --------------------------------------------------------------------------- time
@@ -230,7 +245,8 @@ def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, schedul
     state: State = {
         "schema": SCHEMA, "experiment": name, "exp_dir": str(exp_dir), "scheduler": scheduler,
         "created": when, "updated": when, "done": False, "sidecar": {}, "arrays": [], "counts": {},
-        "runs": {run.name: new_run(run.index, run.params) for run in runs}, "history": [],
+        "runs": {run.name: new_run(run.index, run.params, getattr(run, "stage", None) and run)
+                 for run in runs}, "history": [],
     }
     recount(state)
     log(state, "PLAN", name, Runs=len(state["runs"]), Directory=str(exp_dir))
@@ -240,9 +256,16 @@ def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, schedul
 
 
 def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None, config_dir: str) -> Plan:
-    return {"arrays": [{"script": a.script, "offset": a.offset, "count": a.count, "spec": a.spec,
-                        "after_previous": a.after_previous} for a in arrays],
-            "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir}
+    planned: list[PlannedArray] = []
+    for a in arrays:
+        array: PlannedArray = {"script": a.script, "offset": a.offset, "count": a.count, "spec": a.spec,
+                               "after_previous": a.after_previous}
+        if a.stage:
+            array["stage"] = a.stage
+        if a.trigger:
+            array["trigger"] = a.trigger
+        planned.append(array)
+    return {"arrays": planned, "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir}
 
 
 def query_of(state: State) -> Query:
@@ -260,15 +283,46 @@ def new_log_cursor(path: str) -> dict[str, Any]:
     return {"path": str(path), "offset": 0, "dev": None, "ino": None, "tail": "", "size": None}
 
 
-def new_run(index: int, params: dict[str, Any]) -> Run:
-    return {"index": index, "params": params, "state": "PLANNED", "job_id": None, "submitted": None,
-            "started": None, "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None,
-            "attempts": [], "events": [], "metrics": {}}
+def new_run(index: int, params: dict[str, Any], unit: Any = None) -> Run:
+    """A planned run; ``unit`` (a stages.Unit) makes it one stage of a sweep point."""
+    run: Run = {"index": index, "params": params, "state": "PLANNED", "job_id": None, "submitted": None,
+                "started": None, "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None,
+                "attempts": [], "events": [], "metrics": {}}
+    if unit is not None:
+        run.update({"stage": unit.stage, "point": unit.point, "dir": unit.dir, "after": list(unit.after)})
+        if unit.axis:
+            run["axis"] = dict(unit.axis)
+    return run
 
 
-def task_log(exp_dir: Path, run_name: str, array_job: str, task: int) -> str:
+def task_log(exp_dir: Path, run_name: str, array_job: str, task: int, run: Run | None = None) -> str:
     """Where an array task writes its log (the array script's --output, through runs/<run>)."""
-    return str(Path(exp_dir) / "runs" / run_name / f"slurm-{array_job}_{task}.out")
+    directory = (run.get("dir") if run else None) or str(Path("runs", run_name))
+    return str(Path(exp_dir) / directory / f"slurm-{array_job}_{task}.out")
+
+
+def mark_skipped(run: Run, reason: str, when: str) -> None:
+    """A unit that will never run: what it waited for failed. An attempt that never started (a
+    task pending on that dependency, cancelled now) is dropped: it was never an allocation."""
+    while run["attempts"] and not run["attempts"][-1].get("started"):
+        run["attempts"].pop()
+    if run["attempts"]:
+        show_latest(run)
+    else:
+        run.update({"job_id": None, "submitted": None, "started": None, "elapsed_s": None, "exit_code": None,
+                    "nodes": None})
+    run.update({"state": "SKIPPED", "completed": run.get("completed") or when, "skipped": reason})
+
+
+def drop_waiting(run: Run) -> None:
+    """Forget an attempt that never started (its task was cancelled to wait on a new dependency)."""
+    if run["attempts"] and not run["attempts"][-1].get("started"):
+        run["attempts"].pop()
+        if run["attempts"]:
+            show_latest(run)
+        else:
+            run.update({"state": "PLANNED", "job_id": None, "submitted": None, "started": None,
+                        "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None})
 
 
 def new_attempt(number: int, job_id: str, submitted: str | None, log: str,

@@ -23,8 +23,9 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from . import model, render, site, statefile, sweep
+from . import actions, model, render, site, stages, statefile, sweep
 from .config import Config
+from .durations import parse_duration
 from .errors import InputError
 
 ARRAY_TEMPLATE = "array.sbatch.j2"
@@ -41,6 +42,8 @@ class ArrayPlan:
     count: int
     spec: str  # the --array value, "0-7%4"
     after_previous: bool = False  # split arrays run one after the other to keep max_parallel exact
+    stage: str = ""  # the stage whose units it runs ("" in a single-stage experiment)
+    trigger: dict | None = None  # a stage started per log event (stages.expand)
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Plan:
     config: Config
     exp_dir: Path
     scheduler: str
-    runs: list[sweep.Run]
+    runs: list  # sweep.Run, or stages.Unit in a staged experiment
     arrays: list[ArrayPlan]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> content
 
@@ -102,17 +105,19 @@ class Plan:
             (root / rel).write_text(content)
             if rel.endswith(".sbatch"):
                 (root / rel).chmod(0o755)
-        runs_dir = root / "runs"
-        runs_dir.mkdir(exist_ok=True)
+        (root / "runs").mkdir(exist_ok=True)
         for run in self.runs:
-            (runs_dir / run.name).mkdir()
+            (root / run_dir(run)).mkdir(parents=True, exist_ok=True)
         # Slurm names a task's log by its array and task id only; these links let --output put it
         # straight into the run's own directory: .index/<array k>/<task> -> ../../runs/<name>.
+        by_index = {run.index: run for run in self.runs}
         for k, array in enumerate(self.arrays):
             index_dir = root / ".index" / str(k)
             index_dir.mkdir(parents=True)
-            for task in range(array.count):
-                (index_dir / str(task)).symlink_to(Path("..", "..", "runs", self.runs[array.offset + task].name))
+            for index in sorted(i for i in by_index if array.offset <= i < array.offset + array.count):
+                (index_dir / str(index - array.offset)).symlink_to(Path("..", "..", run_dir(by_index[index])))
+        if any(array.trigger for array in self.arrays):
+            (root / "triggers").mkdir()  # what the sidecar writes for each unit it makes
         (root / "logs").mkdir()
         plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"),
                               str(Path(self.config.source).absolute().parent))
@@ -127,6 +132,10 @@ class Plan:
             return f" --account={shlex.quote(str(options['account']))}" if options.get("account") else ""
         runs, sidecar = account(self.config["slurm"]), account(sidecar_options(self.config))
         for array in self.arrays:
+            if array.trigger:  # submitted by the sidecar as the events appear
+                lines.append(f"  (by the sidecar, per {array.trigger['event']} of {array.trigger['stage']}) "
+                             f"sbatch --parsable{runs} --array=... {self.exp_dir / array.script}")
+                continue
             lines.append(f"  sbatch --parsable{runs} --array={array.spec} {self.exp_dir / array.script}")
         lines.append(f"  sbatch --parsable{sidecar} {self.exp_dir / 'sidecar.sbatch'}")
         return "\n".join(lines)
@@ -222,25 +231,39 @@ def _render(template: jinja2.Template, context: dict, where: tuple, names: Colle
         raise InputError(f"template error: {err}", *where) from None
 
 
-def task_context(config: Config, run: sweep.Run, exp_dir: Path) -> dict:
-    """What ``command``, ``env`` and ``setup`` templates see for one run."""
-    return {**run.params, "run_name": run.name, "run_index": run.index,
-            "run_dir": str(exp_dir / "runs" / run.name), "exp_dir": str(exp_dir),
-            "config_dir": str(Path(config.source).absolute().parent),
-            "attempt": render.ShellVar("AUTOEXP_ATTEMPT")}
+def run_dir(run) -> Path:
+    """A run's directory relative to the experiment: ``runs/<name>``, or a stage unit's own."""
+    return Path(getattr(run, "dir", None) or Path("runs", run.name))
 
 
-def render_task(config: Config, run: sweep.Run, exp_dir: Path) -> dict:
-    context = task_context(config, run, exp_dir)
-    command = render.render(config["command"], context, "line", config.where("command")).strip()
+def task_context(config: Config, run, exp_dir: Path) -> dict:
+    """What ``command``, ``env`` and ``setup`` templates see for one run (or stage unit: then
+    ``run_name`` and ``run_dir`` are its sweep point's, shared by its stages, and ``stage`` is set)."""
+    context = {**run.params, "run_name": getattr(run, "point", run.name), "run_index": run.index,
+               "run_dir": str(exp_dir / run_dir(run)), "exp_dir": str(exp_dir),
+               "config_dir": str(Path(config.source).absolute().parent),
+               "attempt": render.ShellVar("AUTOEXP_ATTEMPT")}
+    if hasattr(run, "stage"):
+        context["stage"] = run.stage
+    return context
+
+
+def render_task(config: Config, run, exp_dir: Path, own: dict | None = None, key: str = "",
+                extra: dict | None = None) -> dict:
+    """One case of tasks.sh; ``own`` is a stage's config (see stages.settings) under key ``key``;
+    ``extra`` adds to what the templates see (the groups of the event that starts the stage)."""
+    own = own if own is not None else config.data
+    context = {**task_context(config, run, exp_dir), **(extra or {})}
+    command = render.render(own["command"], context, "line", config.where(f"{key}command")).strip()
     if not command:
-        raise config.error("command", "renders to an empty command")
+        raise config.error(f"{key}command", "renders to an empty command")
     return {
-        "index": run.index, "name": run.name, "dir": context["run_dir"], "command": command,
-        "env": [(key, render.render(str(value), context, "word", config.where(f"env.{key}")))
-                for key, value in config["env"].items()],
-        "setup": [render.render(line, context, "line", config.where(f"setup[{i}]"))
-                  for i, line in enumerate(config["setup"])],
+        "index": run.index, "name": run.name, "dir": context["run_dir"] if not hasattr(run, "stage")
+        else str(exp_dir / run_dir(run)), "command": command,
+        "env": [(name, render.render(str(value), context, "word", config.where(f"{key}env.{name}")))
+                for name, value in (own.get("env") or {}).items()],
+        "setup": [render.render(line, context, "line", config.where(f"{key}setup[{i}]"))
+                  for i, line in enumerate(own.get("setup") or [])],
     }
 
 
@@ -268,14 +291,39 @@ def split(n_runs: int, max_array_size: int, max_parallel: int | None) -> list[Ar
     return arrays
 
 
+def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, list[ArrayPlan], list[dict]]:
+    """A staged config's units, their arrays (one per stage and axis value) and tasks.sh cases."""
+    runs, units, blocks, cases = stages.expand(config, exp_dir, max_array_size)
+    if len(runs) > max_array_size:
+        raise config.error("sweep", f"{len(runs)} points: a staged sweep must fit in one array "
+                           f"(MaxArraySize {max_array_size})")
+    throttle = f"%{config['max_parallel']}" if config.get("max_parallel") else ""
+    arrays = [ArrayPlan(script=f"{b.stage}{b.suffix}.sbatch", offset=b.offset,
+                        count=max(b.tasks) + 1 if b.tasks else max_array_size,
+                        spec=actions.compress(b.tasks) + (throttle if b.stage != stages.PREPARE else ""),
+                        stage=b.stage, trigger=b.trigger) for b in blocks]
+    own = {stage: stages.settings(config.data, stage) for stage in {u.stage for u in units + cases}}
+    events = {b.stage: {g: render.ShellVar(stages.event_variable(g)) for g in b.trigger["groups"]}
+              for b in blocks if b.trigger}
+    tasks = [render_task(config, unit, exp_dir, {**own[unit.stage], "command": (
+        config["prepare"] if unit.stage == stages.PREPARE else config["stages"][unit.stage])["command"]},
+        "prepare." if unit.stage == stages.PREPARE else f"stages.{unit.stage}.", events.get(unit.stage))
+        for unit in units + cases]
+    return units, arrays, tasks
+
+
 def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     """Render every file of the experiment in memory; raises InputError on any template problem."""
     exp_dir = config.exp_dir
-    runs = sweep.expand(config, exp_dir)
-    site.check(config, len(runs))
-    tasks = [render_task(config, run, exp_dir) for run in runs]
+    if config.get("stages"):
+        runs, arrays, tasks = staged(config, exp_dir, max_array_size)
+        site.check(config, sum(1 for unit in runs if unit.stage != stages.PREPARE))
+    else:
+        runs = sweep.expand(config, exp_dir)
+        site.check(config, len(runs))
+        tasks = [render_task(config, run, exp_dir) for run in runs]
+        arrays = split(len(runs), max_array_size, config.get("max_parallel"))
     check_retry_params(config, runs)
-    arrays = split(len(runs), max_array_size, config.get("max_parallel"))
     env = environment()
     plan = Plan(config, exp_dir, scheduler_name, runs, arrays)
     # Jobs start in the experiment directory (--chdir), never where `autoexp launch` was run.
@@ -286,13 +334,16 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
 
     array_template, where, names = _template(env, config, "template", ARRAY_TEMPLATE)
-    slurm_options = {"job-name": f"autoexp-{config.name}", **config["slurm"]}
     for k, array in enumerate(arrays):
+        slurm = stages.settings(config.data, array.stage)["slurm"] if array.stage else config["slurm"]
+        job_name = slurm.get("job-name") or f"autoexp-{config.name}" + (f"-{array.stage}" if array.stage else "")
         context = {**common, **launch_context(config), "config": config.data,
-                   "job_name": slurm_options["job-name"], "array": array.spec, "offset": array.offset,
+                   "job_name": job_name, "array": array.spec, "offset": array.offset,
                    "output": slurm_path(exp_dir / ".index" / str(k), config, "%a/slurm-%A_%a.out"),
-                   "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm_options.items() if k2 != "job-name"}),
-                   "n_runs": len(runs), "requeue": config.get("requeue") or {}}
+                   "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm.items() if k2 != "job-name"}),
+                   "n_runs": len(runs), "requeue": config.get("requeue") or {},
+                   "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")
+                   and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger)}
         plan.files[array.script] = _render(array_template, context, where, names)
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)

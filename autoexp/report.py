@@ -75,6 +75,8 @@ def notes(run: Run, exp_dir: str = "") -> str:
     event = latest_event(run)
     if event:
         parts.append(event)
+    if run.get("skipped"):
+        parts.append(f"skipped: waited for {run['skipped']}")
     if run["state"] in PROBLEM:
         log = run_log(run)
         if log:
@@ -100,13 +102,19 @@ def summary(state: State) -> str:
                        for a in state.get("arrays", []))
     if arrays:
         lines.append(f"Arrays: {arrays}.")
-    lines += ["", "## Runs", "",
-              "| Run Name | Status | Job ID | Started | Completed | Notes |",
-              "|----------|--------|--------|---------|-----------|-------|"]
-    for name, run in sorted(state["runs"].items(), key=lambda item: item[1]["index"]):
-        lines.append(f"| {_cell(name)} | {run['state']} | {run.get('job_id') or '-'} | "
-                     f"{human_time(run.get('started'))} | {human_time(run.get('completed'))} | "
-                     f"{_cell(notes(run, exp_dir))} |")
+    if state.get("ended_by"):
+        lines.append(f"Ended early: {state['ended_by']}.")
+    for title, rows in tables(state):
+        axis = list(dict.fromkeys(k for _, run in rows for k in run.get("axis") or {}))
+        first = ["Run", *(k.capitalize() for k in axis)] if axis else ["Run Name"]
+        head = [*first, "Status", "Job ID", "Started", "Completed", "Notes"]
+        lines += ["", f"## {title}", "", "| " + " | ".join(head) + " |",
+                  "|" + "|".join("-" * (len(h) + 2) for h in head) + "|"]
+        for name, run in rows:
+            cells = [run["point"], *(str((run.get("axis") or {}).get(k, "-")) for k in axis)] if axis else [name]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {run['state']} | "
+                         f"{run.get('job_id') or '-'} | {human_time(run.get('started'))} | "
+                         f"{human_time(run.get('completed'))} | {_cell(notes(run, exp_dir))} |")
     if state.get("done"):
         lines += ["", "## Final status", ""]
         by_state: dict[str, list[str]] = {}
@@ -116,9 +124,20 @@ def summary(state: State) -> str:
         for run_state, entries in by_state.items():
             mark = "✓" if run_state == "COMPLETED" else "✗"
             lines += [f"{mark} {run_state}: {len(entries)} runs", *entries, ""]
-        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out`; events in `events.log`; "
-                     "curves, parameters and a timeline in `report.html`.")
+        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out` (a stage's too); events in "
+                     "`events.log`; curves, parameters and a timeline in `report.html`.")
     return "\n".join(lines) + "\n"
+
+
+def tables(state: State) -> list[tuple[str, list[tuple[str, Run]]]]:
+    """The summary's tables: "Runs", or in a staged experiment one per stage (a row per unit)."""
+    runs = sorted(state["runs"].items(), key=lambda item: item[1]["index"])
+    if not any(run.get("stage") for _, run in runs):
+        return [("Runs", runs)]
+    by_stage: dict[str, list[tuple[str, Run]]] = {}
+    for name, run in runs:
+        by_stage.setdefault(run.get("stage") or "", []).append((name, run))
+    return [(f"Stage: {stage}", rows) for stage, rows in by_stage.items()]
 
 
 def event_block(entry: Entry) -> str:

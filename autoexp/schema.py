@@ -314,14 +314,79 @@ COMMON_FIELDS: dict[str, Check] = {
     "launcher": shell_words,
 }
 
-CONFIG = mapping({
+STAGE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# What a stage may set for itself: merged over the top-level keys of the same name (see stages.py).
+STAGE = mapping({
+    "command": string(),
+    "after": string(STAGE_NAME_RE, "the name of another stage"),
+    # started per log event of another stage: {stage: train, event: checkpoint, exists: path}
+    "on": mapping({"stage": string(STAGE_NAME_RE, "the name of another stage"),
+                   "event": string(NAME_RE, "the name of one of that stage's monitor.events"),
+                   "exists": string(NAME_RE, "a group of the event's pattern naming a file")},
+                  required=("stage", "event")),
+    "axis": _grid,
+    "only": _sweep_points,
+    "skip": _sweep_points,
+    "slurm": sbatch_options(),
+    "env": COMMON_FIELDS["env"],
+    "setup": COMMON_FIELDS["setup"],
+    "monitor": COMMON_FIELDS["monitor"],
+}, required=("command",))
+
+
+def stages(value, path):
+    """``stages: {train: {...}, eval: {after: train, ...}}``: names in order, each a STAGE."""
+    out = mapping({}, values=STAGE, keys=string(STAGE_NAME_RE, "letters, digits, _ -, a letter first"))(
+        value, path)
+    if not out:
+        raise Invalid(path, "give at least one stage")
+    if "prepare" in out:
+        raise Invalid(f"{path}.prepare", "'prepare' is the top-level prepare step, not a stage name")
+    for name, stage in out.items():
+        if "on" in stage:
+            source = stage["on"]["stage"]
+            if "after" in stage or "axis" in stage:
+                raise Invalid(f"{path}.{name}.on", "a stage started by events has no after or axis")
+            if source not in list(out)[:list(out).index(name)]:
+                raise Invalid(f"{path}.{name}.on.stage", f"{source!r} is not a stage written before {name!r}")
+        after = stage.get("after")
+        if after is None:
+            continue
+        if after == name or after not in out:
+            raise Invalid(f"{path}.{name}.after", f"{after!r} is not another stage (stages: {', '.join(out)})")
+        if list(out).index(after) > list(out).index(name):
+            raise Invalid(f"{path}.{name}.after", f"stage {after!r} must be written before {name!r}")
+        if out[after].get("axis"):
+            raise Invalid(f"{path}.{name}.after", f"stage {after!r} has an axis: a stage can only follow "
+                          "a stage with one task per run")
+    return out
+
+
+def command_or_stages(value, path):
+    """A config runs one ``command`` per point, or ``stages``: exactly one of the two."""
+    out = CONFIG_FIELDS(value, path)
+    if ("command" in out) == ("stages" in out):
+        raise Invalid("stages" if "stages" in out else "command",
+                      "give either command or stages, not both" if "command" in out else
+                      "required key is missing (or give stages)")
+    if "prepare" in out and "stages" not in out:
+        raise Invalid("prepare", "a prepare step needs stages (put the command under stages: {train: ...})")
+    return out
+
+
+CONFIG_FIELDS = mapping({
     "name": experiment_name,
     "site": string(),
     "command": string(),
     "run_name": string(),
     "sweep": mapping({"grid": _grid, "list": _sweep_points, "exclude": _sweep_points}),
+    "stages": stages,
+    "prepare": mapping({"command": string(), "slurm": sbatch_options(), "setup": COMMON_FIELDS["setup"]},
+                       required=("command",)),
+    "start_spacing": duration,
     **COMMON_FIELDS,
-}, required=("name", "command"))
+}, required=("name",))
+CONFIG = command_or_stages
 
 SITE = mapping({
     "description": string(),

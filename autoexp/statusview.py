@@ -119,7 +119,21 @@ def progress(state: State) -> dict:
 def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None = None) -> dict:
     """What ``autoexp status --json`` prints (see the module docstring)."""
     state = state if state is not None else statefile.read_shared(exp_dir)
-    return {**state, "health": health(state, exp_dir, now), "progress": progress(state)}
+    doc = {**state, "health": health(state, exp_dir, now), "progress": progress(state)}
+    staged = stage_counts(state)
+    if staged:
+        doc["stages"] = staged
+    return doc
+
+
+def stage_counts(state: State) -> dict[str, dict[str, int]]:
+    """A staged experiment's counts per stage, in the stages' order ({} for a single stage)."""
+    found: dict[str, dict[str, int]] = {}
+    for run in sorted(state["runs"].values(), key=lambda r: r["index"]):
+        if run.get("stage"):
+            counts = found.setdefault(run["stage"], {})
+            counts[run["state"]] = counts.get(run["state"], 0) + 1
+    return found
 
 
 def experiments(base: Path) -> list[dict]:
@@ -143,7 +157,7 @@ def experiments(base: Path) -> list[dict]:
 COLOURS = {"green": "32", "red": "31", "yellow": "33", "cyan": "36", "magenta": "35", "dim": "2",
            "bold": "1"}
 STATE_COLOUR = {"COMPLETED": "green", "RUNNING": "cyan", "CANCELLED": "magenta", "PENDING": "dim",
-                "PLANNED": "dim", **dict.fromkeys(FAILED, "red")}
+                "PLANNED": "dim", "SKIPPED": "yellow", **dict.fromkeys(FAILED, "red")}
 HEALTH_COLOUR = {"alive": "green", "starting": "yellow", "finished": "green", "stale": "red",
                  "not_launched": "dim"}
 
@@ -322,7 +336,12 @@ def render(doc: dict, colour: bool = False, limit: int | None = ROWS_OFF_TERMINA
     lines = [f"{paint(doc['experiment'], 'bold')}  {doc.get('exp_dir', '')}  ({doc.get('scheduler', 'slurm')}{ago})",
              f"{bar(prog, doc['counts'], paint)} {prog['finished']}/{prog['runs']} finished   "
              f"{counts_text(doc['counts'], paint)}",
-             health_line(doc, paint), ""]
+             health_line(doc, paint)]
+    for stage, counts in (doc.get("stages") or {}).items():
+        lines.append(f"  stage {stage}: {sum(counts.values())} - {counts_text(counts, paint)}")
+    if doc.get("ended_by"):
+        lines.append(paint(f"ended early: {doc['ended_by']}", "red"))
+    lines.append("")
     lines += table(doc, paint, now, limit, width)
     return "\n".join(lines) + "\n"
 

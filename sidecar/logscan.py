@@ -19,7 +19,7 @@ class LogScan(Work):
     """Part of a poll: each started attempt's log read from where the last poll stopped."""
 
     def scan_logs(self) -> None:
-        if not (self.settings.rules or self.settings.stall_after):
+        if not self.settings.any_rules():
             return
         for name, run in self.st["runs"].items():
             if run["attempts"]:
@@ -46,21 +46,23 @@ class LogScan(Work):
         more = self._read(name, run, cursor, final=over)
         if over and not more:
             close(cursor)
-        elif self.settings.stall_after and phase(current["state"]) == Phase.RUNNING and not cursor.get("stalled"):
+        elif (own := self.settings.of(run)).stall_after and phase(current["state"]) == Phase.RUNNING \
+                and not cursor.get("stalled"):
             silent = self.now - (epoch(cursor.get("grown")) or self.now)
-            if silent >= self.settings.stall_after:
+            if silent >= own.stall_after:
                 cursor["stalled"] = True
                 self._event(name, run, cursor, "stalled", {"silent_for": report.human_duration(silent)},
-                            self.settings.stall_action)
+                            own.stall_action)
 
     def _read(self, name: str, run: Run, cursor: dict[str, Any], final: bool) -> bool:
         """Scan the log on from the cursor; whether some of it is left for the next poll."""
-        if not self.settings.rules:
+        rules = self.settings.of(run).rules
+        if not rules:
             if logwatch.log_size(cursor["path"]) != cursor.get("size"):  # stall watch only: no reading
                 cursor.update(size=logwatch.log_size(cursor["path"]), grown=self.when, stalled=False)
             return False
         recorder = history.Recorder(self.exp_dir, name, cursor["attempt"])
-        found = logwatch.scan(cursor, self.settings.rules, final=final, sink=recorder)
+        found = logwatch.scan(cursor, rules, final=final, sink=recorder)
         if found.not_regular and cursor.get("not_regular") != found.not_regular:
             model.log(self.st, "LOG_SKIPPED", name, self.when, Log=os.path.relpath(cursor["path"], self.exp_dir),
                       Reason=f"the log is {found.not_regular}, not a regular file: it is not read")

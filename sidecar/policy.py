@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import actions, model, report
 from ..errors import AutoexpError, SchedulerTimeout
-from ..jobstates import Phase, phase
+from ..jobstates import SKIPPED, Phase, phase
 from ..model import Attempt, epoch
 from . import remedies
 from .work import Work
@@ -34,7 +34,7 @@ class Policy(Work):
         for name, run in runs.items():
             current = run["attempts"][-1] if run["attempts"] else None
             if current and not current.get("cancelled") and self.settled(current) \
-                    and remedies.failure_class(current) in self.settings.retry_on:
+                    and remedies.failure_class(current) in self.settings.of(run).retry_on:
                 self._want_retry(name, f"state {remedies.failure_class(current)}", retry)
         retry = {name: why for name, why in retry.items() if name not in waiting}
         if retry:
@@ -61,10 +61,11 @@ class Policy(Work):
         if current.get("retry") or name in retry:
             return
         used = len(run["attempts"]) - 1
-        if used >= self.settings.retry_max:
+        limit = self.settings.of(run).retry_max
+        if used >= limit:
             current["retry"] = "none left"
             model.log(self.st, "RETRY_SKIPPED", name, self.when, Reason=reason,
-                      Result=f"no retry left: {used} of {self.settings.retry_max} used "
+                      Result=f"no retry left: {used} of {limit} used "
                              "(monitor.retries.max)")
             return
         retry[name] = reason
@@ -111,7 +112,7 @@ class Policy(Work):
             run = self.st["runs"][name]
             current = run["attempts"][-1]
             cls = remedies.failure_class(current) if self.settled(current) else current["state"]
-            chosen = remedies.next_given(self.exp_dir, run, cls, self.settings.retry_rules.get(cls) or {},
+            chosen = remedies.next_given(self.exp_dir, run, cls, self.settings.of(run).retry_rules.get(cls) or {},
                                          self.settings.base, self.sched)
             if chosen.get("params"):
                 remedies.write_task(self.exp_dir, self.st["plan"], run["index"], name, len(run["attempts"]) + 1,
@@ -123,12 +124,14 @@ class Policy(Work):
     def over(self) -> bool:
         """Every run's latest attempt settled, and none waits for a retry a rule calls for."""
         for run in self.st["runs"].values():
+            if run["state"] == SKIPPED:
+                continue
             if not run["attempts"]:
                 return False
             current = run["attempts"][-1]
             if not self.settled(current):
                 return False
-            if remedies.failure_class(current) in self.settings.retry_on and not current.get("retry") \
+            if remedies.failure_class(current) in self.settings.of(run).retry_on and not current.get("retry") \
                     and not current.get("cancelled"):
                 return False
         return True
@@ -142,7 +145,7 @@ class Policy(Work):
                         default=self.now)
             last = max((epoch(r.get("completed")) or self.now for r in runs), default=self.now)
             model.log(self.st, "ALL_COMPLETE", "Monitoring finished", self.when, Summary=model.counts_text(self.st),
-                      Total_time=report.human_duration(last - first),
+                      Reason=self.st.get("ended_by"), Total_time=report.human_duration(last - first),
                       Next="see experiment_summary.md for each run; events.log for what happened")
             self.st["done"] = True
         self.result.done = bool(self.st.get("done"))

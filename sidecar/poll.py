@@ -15,7 +15,7 @@ from ..model import State
 from ..scheduler import JobRecord, Scheduler
 from .lease import LeaseLost, holds
 from .logscan import LogScan
-from .policy import Policy
+from .follow import Follow
 from .records import Records, since
 from .settings import Settings
 from .work import PollResult
@@ -23,7 +23,7 @@ from .work import PollResult
 BACKOFF_MAX = 600  # s: longest pause between two scheduler queries after failures
 
 
-class Poll(Records, LogScan, Policy):
+class Poll(Records, LogScan, Follow):
     """One poll's work: records, logs, policy, and the bookkeeping below."""
 
     def note_query(self) -> None:
@@ -92,6 +92,7 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
         work.note_query()
         work.scan_logs()
         work.act()
+        work.follow()
         work.status_check()
         if lease is not None:
             st["sidecar"]["heartbeat"] = work.when

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import stages
 from ..config import Config
 from ..durations import parse_duration, slurm_time_seconds
+from ..model import Run
 from . import logwatch
 
 
@@ -29,6 +31,25 @@ class Settings:
     report_metric: str | None = None  # report.metric: what report.html ranks the runs by
     report_goal: str = "min"
     report_every: float = 300.0  # report.every: how often report.html is rewritten while runs change
+    stages: dict[str, Settings] = field(default_factory=dict)  # a staged experiment: each stage's own
+
+    def of(self, run: Run) -> Settings:
+        """The settings that apply to a run: its stage's monitor rules and retries, if it has one."""
+        return self.stages.get(run.get("stage") or "", self)
+
+    def any_rules(self) -> bool:
+        return any(s.rules or s.stall_after for s in (self, *self.stages.values()))
+
+    def monitoring(self, monitor: dict) -> Settings:
+        """A copy with ``monitor``'s log rules, stall watch and retries (a stage's own)."""
+        retries = monitor.get("retries") or {}
+        return replace(self, rules=logwatch.Rules.from_monitor(monitor),
+                       stall_after=parse_duration(monitor["stall_after"]) if monitor.get("stall_after") else None,
+                       stall_action=monitor.get("stall_action") or "log",
+                       retry_max=int(retries.get("max") or 0),
+                       retry_on=frozenset(s.upper() for s in [*(retries.get("on") or []),
+                                                               *(retries.get("rules") or {})]),
+                       retry_rules=dict(retries.get("rules") or {}), stages={})
 
     @classmethod
     def load(cls, exp_dir: Path) -> Settings:
@@ -38,7 +59,7 @@ class Settings:
         retries = monitor.get("retries") or {}
         limit = str(sidecar.get("time") or "")
         report = data.get("report") or {}
-        return cls(
+        loaded = cls(
             interval=float(monitor.get("interval") or 60),
             rules=logwatch.Rules.from_monitor(monitor),
             stall_after=parse_duration(monitor["stall_after"]) if monitor.get("stall_after") else None,
@@ -55,4 +76,7 @@ class Settings:
             report_goal=report.get("goal") or "min",
             report_every=parse_duration(report.get("every") or "5m"),
         )
+        names = [*(["prepare"] if data.get("prepare") else []), *(data.get("stages") or {})]
+        loaded.stages = {name: loaded.monitoring(stages.settings(data, name)["monitor"] or {}) for name in names}
+        return loaded
 
