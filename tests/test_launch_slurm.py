@@ -126,10 +126,10 @@ def test_local_site_scripts_pass_sbatch_test_only(workdir):
 
 
 def test_the_stock_sites_srun_setup_works_with_and_without_cpus_per_task(workdir, cleanup):
-    """LUMI's and JUWELS' setup line hands --cpus-per-task on to srun; without one, srun must still
-    start (Slurm 22.05 refuses an empty SRUN_CPUS_PER_TASK, 24.11 does not)."""
+    """LUMI's and the JSC sites' setup line hands --cpus-per-task on to srun; without one, srun must
+    still start (Slurm 22.05 refuses an empty SRUN_CPUS_PER_TASK, 24.11 does not)."""
     setups = [[line for line in yaml.safe_load((REPO / "site_configs" / f"{site}.yaml").read_text())["setup"]
-               if "SRUN_CPUS_PER_TASK" in line] for site in ("lumi", "juwels")]
+               if "SRUN_CPUS_PER_TASK" in line] for site in ("lumi", "jsc")]
     assert setups[0] == setups[1] and len(setups[0]) == 1
     exps = {}
     for cpus in (2, None):
