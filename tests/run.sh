@@ -49,6 +49,26 @@ chmod 755 /usr/local/sbin/autoexp-test-pause-slurmctld
 printf '%s ALL=(root) NOPASSWD: /usr/local/sbin/autoexp-test-pause-slurmctld\n' "$test_user" \
   >/etc/sudoers.d/autoexp-test-faults
 chmod 440 /etc/sudoers.d/autoexp-test-faults
+# The accounting-outage and controller-restart tests: slurmdbd stopped for a while, slurmctld
+# restarted; cluster/setup.sh (idempotent) brings back whatever is down.
+setup=$(printf %q "$repo/cluster/setup.sh")
+cat >/usr/local/sbin/autoexp-test-slurm-fault <<HELPER
+#!/bin/bash
+set -eu
+stop() { local pid; pid=\$(cat "/run/slurm/\$1.pid"); [ "\$(cat "/proc/\$pid/comm")" = "\$1" ] || exit 1
+         kill "\$pid"; while kill -0 "\$pid" 2>/dev/null; do sleep 0.2; done; }
+case "\${1:-}" in
+  dbd-down) [[ \${2:-} =~ ^[0-9]+\$ ]] && [ "\$2" -le 300 ] || { echo "usage: \$0 dbd-down SECONDS(<=300)" >&2; exit 2; }
+            stop slurmdbd
+            setsid bash -c "sleep \$2; bash $setup" </dev/null >/tmp/autoexp-test-slurm-fault.log 2>&1 & ;;
+  ctld-restart) stop slurmctld; bash $setup >/tmp/autoexp-test-slurm-fault.log 2>&1 ;;
+  up) bash $setup >/tmp/autoexp-test-slurm-fault.log 2>&1 ;;
+  *) echo "usage: \$0 dbd-down SECONDS | ctld-restart | up" >&2; exit 2 ;;
+esac
+HELPER
+chmod 755 /usr/local/sbin/autoexp-test-slurm-fault
+printf '%s ALL=(root) NOPASSWD: /usr/local/sbin/autoexp-test-slurm-fault\n' "$test_user" \
+  >>/etc/sudoers.d/autoexp-test-faults
 # The disk-full test: a small file system anyone may write to, filled and freed by the test.
 mkdir -p /mnt/autoexp-small
 mountpoint -q /mnt/autoexp-small || mount -t tmpfs -o size=16m,mode=1777 autoexp-small /mnt/autoexp-small

@@ -377,3 +377,67 @@ def test_retries_change_what_failed_oom_timeout_node_fail(workdir, cleanup):
     assert "given time=0-00:02:00 exclude=node2 (TIMEOUT)" in summary
     status = run_cli("status", exp, cwd=workdir)
     assert "mem=200M" in status.stdout and "exclude=node2" in status.stdout, status.stdout
+
+
+FAULT_HELPER = "/usr/local/sbin/autoexp-test-slurm-fault"
+DBD_DOWN = 180  # s: accounting away for the issue's three minutes
+
+
+def slurm_fault(*args: str) -> None:
+    """Through the root helper tests/run.sh installs: stop slurmdbd for a while, restart slurmctld."""
+    proc = subprocess.run(["sudo", "-n", FAULT_HELPER, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"sudo {FAULT_HELPER} {' '.join(args)}: {proc.stderr} (run through tests/run.sh)"
+
+
+def test_accounting_down_three_minutes_the_sidecar_keeps_its_lease_and_catches_up(workdir, cleanup):
+    """slurmdbd stopped while runs run and end: the sidecar says so (SCHEDULER_ERROR), keeps its
+    lease (status calls it alive throughout), and once accounting is back (SCHEDULER_OK) its final
+    state is what sacct says."""
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    exp, _ = launch(workdir, cleanup, "dbddown", {
+        "command": "sleep {{ 20 + 30 * i }}", "sweep": {"grid": {"i": [0, 1, 2, 3]}}, "monitor": {"interval": 2}})
+    name = exp.name
+    try:
+        wait_for(lambda: read_state(exp)["sidecar"].get("heartbeat")
+                 and any(r["state"] == "RUNNING" for r in read_state(exp)["runs"].values()),
+                 timeout=180, what="runs running under a live sidecar")
+        lease = read_state(exp)["sidecar"]["job_id"]
+        slurm_fault("dbd-down", str(DBD_DOWN))
+        down_until = time.monotonic() + DBD_DOWN
+        wait_for(lambda: any(e["kind"] == "SCHEDULER_ERROR" for e in read_state(exp)["history"]),
+                 timeout=120, what="the sidecar to say accounting does not answer")
+        health = []
+        while time.monotonic() < down_until - 10:
+            health.append(json.loads(run_cli("status", exp, "--json", check=True).stdout)["health"]["sidecar"])
+            time.sleep(10)
+        assert set(health) == {"alive"}, health
+        st = wait_for(lambda: (lambda s: s if s.get("done") else None)(read_state(exp)),
+                      timeout=DBD_DOWN + 300, interval=2, what="the experiment to finish after the outage")
+        kinds = [e["kind"] for e in st["history"]]
+        assert "SCHEDULER_OK" in kinds[kinds.index("SCHEDULER_ERROR"):]
+        assert st["sidecar"]["job_id"] == lease  # no other sidecar took over
+        assert st["counts"] == {"COMPLETED": 4}
+        assert_every_allocation_recorded_once(exp, name, since, most=1)
+    finally:
+        slurm_fault("up")
+        cancel_leftovers(name)
+
+
+def test_slurmctld_restarted_mid_way_the_runs_and_the_sidecar_go_on(workdir, cleanup):
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    exp, _ = launch(workdir, cleanup, "ctldrestart", {
+        "command": "sleep {{ 15 + 10 * i }}", "sweep": {"grid": {"i": [0, 1, 2, 3]}}, "monitor": {"interval": 2}})
+    name = exp.name
+    try:
+        wait_for(lambda: any(r["state"] == "RUNNING" for r in read_state(exp)["runs"].values()),
+                 timeout=180, what="runs running")
+        lease = read_state(exp)["sidecar"]["job_id"]
+        slurm_fault("ctld-restart")
+        st = wait_for(lambda: (lambda s: s if s.get("done") else None)(read_state(exp)),
+                      timeout=300, interval=2, what="the experiment to finish after the restart")
+        assert st["counts"] == {"COMPLETED": 4}
+        assert st["sidecar"]["job_id"] == lease  # the same sidecar job saw it through
+        assert_every_allocation_recorded_once(exp, name, since, most=1)
+    finally:
+        slurm_fault("up")
+        cancel_leftovers(name)
