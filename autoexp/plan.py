@@ -291,8 +291,9 @@ def split(n_runs: int, max_array_size: int, max_parallel: int | None) -> list[Ar
     return arrays
 
 
-def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, list[ArrayPlan], list[dict]]:
-    """A staged config's units, their arrays (one per stage and axis value) and tasks.sh cases."""
+def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, list, list[ArrayPlan], list[dict]]:
+    """A staged config's units, the cases of its stages started per event (in runs.json too, so
+    that current_run() finds them), their arrays (one per stage and axis value) and tasks.sh."""
     runs, units, blocks, cases = stages.expand(config, exp_dir, max_array_size)
     if len(runs) > max_array_size:
         raise config.error("sweep", f"{len(runs)} points: a staged sweep must fit in one array "
@@ -309,14 +310,15 @@ def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, li
         config["prepare"] if unit.stage == stages.PREPARE else config["stages"][unit.stage])["command"]},
         "prepare." if unit.stage == stages.PREPARE else f"stages.{unit.stage}.", events.get(unit.stage))
         for unit in units + cases]
-    return units, arrays, tasks
+    return units, cases, arrays, tasks
 
 
 def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     """Render every file of the experiment in memory; raises InputError on any template problem."""
     exp_dir = config.exp_dir
+    cases: list = []
     if config.get("stages"):
-        runs, arrays, tasks = staged(config, exp_dir, max_array_size)
+        runs, cases, arrays, tasks = staged(config, exp_dir, max_array_size)
         site.check(config, sum(1 for unit in runs if unit.stage != stages.PREPARE))
     else:
         runs = sweep.expand(config, exp_dir)
@@ -348,7 +350,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)
     plan.files["config.yaml"] = config.to_yaml()
-    plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs], indent=1) + "\n"
+    plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs + cases], indent=1) + "\n"
     return plan
 
 

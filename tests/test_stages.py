@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -264,7 +265,9 @@ def triggered(name: str, points: int = 4, **extra) -> dict:
             "stages": {"train": {"command": train, "monitor": {"events": [
                 {"name": "checkpoint", "pattern": r"saved checkpoint (?P<path>\S+)"}]}},
                 "eval": {"on": {"stage": "train", "event": "checkpoint", "exists": "path"},
-                         "command": 'echo "evaluating {{ run_name }} {{ path }}: $(cat {{ path }})"'}}, **extra}
+                         "command": 'echo "evaluating {{ run_name }} {{ path }}: $(cat {{ path }})"; '
+                                    f'{sys.executable} -c "import autoexp; r = autoexp.current_run(); '
+                                    'print(\'current\', r.name, r.params)"'}}, **extra}
 
 
 def _assert_each_checkpoint_once(st: dict, points: int) -> None:
@@ -274,7 +277,9 @@ def _assert_each_checkpoint_once(st: dict, points: int) -> None:
     assert all(r["state"] == "COMPLETED" and len(r["attempts"]) == 1 for r in evals.values())
     for run in evals.values():
         k = run["axis"]["path"][5]
-        assert f"evaluating {run['point']} ckpt-{k}.txt: ck {run['point'][1:]} {k}" in open(run["attempts"][0]["log"]).read()
+        log = open(run["attempts"][0]["log"]).read()
+        assert f"evaluating {run['point']} ckpt-{k}.txt: ck {run['point'][1:]} {k}" in log
+        assert f"current {run['point']}+eval+{k} {{'x': {run['point'][1:]}}}" in log
 
 
 def test_each_checkpoint_is_evaluated_once_on_the_local_scheduler(workdir):
