@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -149,6 +151,8 @@ def test_at_least_40_malformed_configs():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_clear_line_and_writes_nothing(case, workdir, capsys):
+    if "read_only" in case and os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories (tests/run.sh runs this as a normal user)")
     data, overrides, fragments = CASES[case]
     (workdir / "afile").write_text("a file, not a directory\n")
     (workdir / "readonly").mkdir()
