@@ -20,6 +20,7 @@ from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for,
 
 PIPELINE = REPO / "examples" / "pipeline.yaml"
 slurm_only = pytest.mark.usefixtures("slurm")
+pytestmark = pytest.mark.core  # the cluster tests among them run on Slurm 24.11 too (tests/run-24.sh)
 
 
 def staged(name: str, train: str, evaluate: str = "echo eval {{ run_name }}", **extra) -> dict:
