@@ -91,7 +91,8 @@ def curves_figure(go, doc: dict, metric: str, histories: dict[str, dict], shown:
             latest = attempt == max(attempts)
             label = f"{name} ({run['state']})" if bad else name
             fig.add_trace(go.Scatter(
-                x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label,
+                x=[p[0] for p in points], y=[p[1] for p in points], name=label,
+                mode="lines" if len(points) > 2 else "lines+markers",  # a point or two: seen as dots
                 legendgroup=name, showlegend=latest,
                 line={"dash": "dash" if bad else ("solid" if latest else "dot"), "width": 1.5},
                 hovertemplate=f"{html.escape(name)} attempt {attempt}<br>step %{{x}}"
