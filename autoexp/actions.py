@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import model, statefile
+from . import clock, model, statefile
 from .errors import AutoexpError, SchedulerTimeout
 from .jobstates import Phase, phase
 from .model import Intent, State
@@ -155,14 +155,14 @@ def settle_intents(exp_dir: Path, st: State, sched: Scheduler) -> set[str]:
     for intent in list(st.get("intents") or []):
         try:
             found = sched.find(Path(exp_dir) / intent["script"], intent["tag"],
-                               (model.parse_time(intent["time"]) or dt.datetime.now(dt.timezone.utc))
+                               (clock.parse_time(intent["time"]) or dt.datetime.now(dt.timezone.utc))
                                - dt.timedelta(minutes=10))
         except AutoexpError as err:
             unknown.update(name for _, name, _ in intent["runs"])
             model.log(st, "SUBMIT_UNKNOWN", intent["script"], Tag=intent["tag"], Error=str(err),
                       Result="its runs wait until the scheduler can tell whether it was accepted")
             continue
-        if not found and time.time() - (model.epoch(intent["time"]) or 0) < NOT_MADE_AFTER:
+        if not found and time.time() - (clock.epoch(intent["time"]) or 0) < NOT_MADE_AFTER:
             unknown.update(name for _, name, _ in intent["runs"])  # a controller catching up may yet accept it
             continue
         st["intents"].remove(intent)
@@ -180,7 +180,7 @@ def settle_intents(exp_dir: Path, st: State, sched: Scheduler) -> set[str]:
 
 
 def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None:
-    when = model.now()
+    when = clock.now()
     reason, spec, offset = intent["reason"], intent["spec"], intent["offset"]
     attempt = max(a for _, _, a in intent["runs"])
     st["arrays"].append(model.new_array(job_id, spec.split("%")[0], attempt, intent["script"], offset, when,
@@ -227,7 +227,7 @@ def cancel_runs(st: State, sched: Scheduler, names: list[str], reason: str,
     ids = job_ids if job_ids is not None else [st["runs"][n]["job_id"] or "" for n in names
                                                if st["runs"][n].get("job_id")]
     sched.cancel(ids)
-    when = model.now()
+    when = clock.now()
     for name in names:
         run = st["runs"][name]
         previous = run["state"]

@@ -205,8 +205,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from .experiment import metrics
     from .history import to_csv
+    from .sweepview import metrics
 
     rows = metrics(args.exp, args.output_dir)
     sys.stdout.write(json_text(rows) + "\n" if args.json else to_csv(iter(rows)))
@@ -214,7 +214,7 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .experiment import write_report
+    from .sweepview import write_report
 
     print(write_report(args.exp, args.output_dir, metric=args.metric, goal=args.goal))
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import actions, backends, model, statefile, statusview
+from . import actions, backends, clock, model, statefile, statusview
 from .errors import AutoexpError, InputError
 from .jobstates import FAILED, TERMINAL
 from .model import Attempt, State
@@ -220,7 +220,7 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
             # The lease is ended in the same write: a poll the sidecar has in flight then finds it
             # lost and writes nothing, and its SIGTERM hands over to nobody.
             sched.cancel([sidecar])
-            st["sidecar"]["stopped"] = model.now()
+            st["sidecar"]["stopped"] = clock.now()
             model.log(st, "SIDECAR_STOP", f"job {sidecar}", Reason="the experiment was cancelled")
         st["done"] = True
         model.recount(st)
@@ -382,31 +382,3 @@ def _copy_log(path: Path, offset: int, out) -> int | None:
         return None
     out.flush()
     return offset
-
-
-def metrics(exp: str | os.PathLike | None = None, output: str | None = None) -> list[dict]:
-    """Every recorded metric value, one plain row each: ``{"run", "attempt", "metric", "step",
-    "value"}`` (``pandas.DataFrame(autoexp.metrics(exp))`` makes a frame of them)."""
-    from . import history
-
-    exp_dir = find(exp, output)
-    runs = statefile.read_shared(exp_dir)["runs"]
-    return list(history.rows(exp_dir, sorted(runs, key=lambda name: runs[name]["index"])))
-
-
-def write_report(exp: str | os.PathLike | None = None, output: str | None = None, metric: str | None = None,
-                 goal: str | None = None) -> Path:
-    """Write the experiment's ``report.html`` now (the sidecar keeps it current too); its path."""
-    from . import htmlreport
-
-    exp_dir = find(exp, output)
-    chosen = report_choice(exp_dir)
-    return htmlreport.write(status(exp_dir), exp_dir, metric or chosen["metric"], goal or chosen["goal"])
-
-
-def report_choice(exp_dir: Path) -> dict:
-    """The config's ``report:`` (which metric ranks the runs, and whether lower or higher wins)."""
-    from .config import Config
-
-    chosen = Config.from_experiment(exp_dir).get("report") or {}
-    return {"metric": chosen.get("metric"), "goal": chosen.get("goal") or "min"}

@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import experiment, model, statefile
+from . import clock, experiment, model, statefile
 from .durations import slurm_time_seconds
 from .errors import AutoexpError, InputError, SchedulerError
 from .jobstates import TERMINAL
@@ -288,11 +288,11 @@ def record(run: CurrentRun, result: str | None = None, error: str | None = None)
             if error is None:
                 entry.pop("error", None)
                 entry["result"] = result
-                entry["events"].append(model.new_event("returned", model.now(), {"value": result}))
+                entry["events"].append(model.new_event("returned", clock.now(), {"value": result}))
             else:
                 entry.pop("result", None)
                 entry["error"] = error
-                entry["events"].append(model.new_event("raised", model.now(), {"error": error}))
+                entry["events"].append(model.new_event("raised", clock.now(), {"error": error}))
             model.log(st, "RESULT", run.name, Attempt=run.attempt, Value=result, Error=error)
     except AutoexpError as err:
         log.error("could not record the outcome in state.json: %s", err)

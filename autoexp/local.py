@@ -23,7 +23,7 @@ import psutil
 
 from .durations import slurm_time_seconds
 from .errors import SchedulerError
-from .model import now, parse_time
+from .clock import now, parse_time
 from .scheduler import JobRecord, Scheduler, Submission, expand_range
 from .slurm import read_directives
 from .statefile import atomic_write

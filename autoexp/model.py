@@ -8,22 +8,22 @@ latest one a run always mirrors (:func:`show_latest`), the sidecar's lease, a hi
 (:func:`log`), a log event, and the bookkeeping of the plan, the scheduler queries, events.log
 and the log cursors.
 
-The lease rule lives here too (:func:`lease_fresh`): `status`, `resume` and the sidecar all ask it.
+Times are UTC ISO 8601 strings (autoexp/clock.py); the one liveness rule for a lease is
+autoexp/liveness.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+from .clock import now
 
 if TYPE_CHECKING:
     from typing_extensions import NotRequired
 
 SCHEMA = 1
-STALE_INTERVALS = 3  # a lease whose heartbeat is older than this many polling intervals is dead
-STALE_MIN = 10.0  # s: ... and older than this, whatever the interval (a poll itself takes time)
 
 
 class Attempt(TypedDict):
@@ -214,28 +214,6 @@ class ArraySpec(Protocol):
     trigger: dict[str, Any] | None
 
 
-
-# --------------------------------------------------------------------------- time
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-
-
-def iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def epoch(text: str | None) -> float | None:
-    parsed = parse_time(text)
-    return parsed.timestamp() if parsed else None
-
-
 # --------------------------------------------------------------------------- the records
 
 def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, scheduler: str,
@@ -301,28 +279,22 @@ def task_log(exp_dir: Path, run_name: str, array_job: str, task: int, run: Run |
     return str(Path(exp_dir) / directory / f"slurm-{array_job}_{task}.out")
 
 
-def mark_skipped(run: Run, reason: str, when: str) -> None:
-    """A unit that will never run: what it waited for failed. An attempt that never started (a
-    task pending on that dependency, cancelled now) is dropped: it was never an allocation."""
+def drop_waiting(run: Run) -> None:
+    """Forget the attempts at the end that never started (tasks cancelled before they ran, to wait
+    on a new dependency or for good): they were never allocations."""
     while run["attempts"] and not run["attempts"][-1].get("started"):
         run["attempts"].pop()
     if run["attempts"]:
         show_latest(run)
     else:
-        run.update({"job_id": None, "submitted": None, "started": None, "elapsed_s": None, "exit_code": None,
-                    "nodes": None})
+        run.update({"state": "PLANNED", "job_id": None, "submitted": None, "started": None, "completed": None,
+                    "elapsed_s": None, "exit_code": None, "nodes": None})
+
+
+def mark_skipped(run: Run, reason: str, when: str) -> None:
+    """A unit that will never run: what it waited for failed."""
+    drop_waiting(run)
     run.update({"state": "SKIPPED", "completed": run.get("completed") or when, "skipped": reason})
-
-
-def drop_waiting(run: Run) -> None:
-    """Forget an attempt that never started (its task was cancelled to wait on a new dependency)."""
-    if run["attempts"] and not run["attempts"][-1].get("started"):
-        run["attempts"].pop()
-        if run["attempts"]:
-            show_latest(run)
-        else:
-            run.update({"state": "PLANNED", "job_id": None, "submitted": None, "started": None,
-                        "completed": None, "elapsed_s": None, "exit_code": None, "nodes": None})
 
 
 def new_attempt(number: int, job_id: str, submitted: str | None, log: str,
@@ -425,21 +397,3 @@ def held_lease(old: Lease, me: str, host: str, pid: int, interval: float, mode: 
                   "interval": interval, "mode": mode})
     lease.pop("stopped", None)
     return lease
-
-
-def stale_after(interval: float) -> float:
-    """Seconds without a heartbeat after which a lease's holder is taken for dead."""
-    return max(STALE_INTERVALS * interval, STALE_MIN)
-
-
-def lease_age(lease: Lease, when: float) -> float | None:
-    """Seconds since the heartbeat (or, before the first poll, the submission)."""
-    beat = epoch(lease.get("heartbeat") or lease.get("submitted"))
-    return None if beat is None else when - beat
-
-
-def lease_fresh(lease: Lease, interval: float, when: float) -> bool:
-    """The liveness rule: a holder that has not stopped and was heard of within :func:`stale_after`."""
-    age = lease_age(lease, when)
-    return bool(lease.get("job_id")) and not lease.get("stopped") and age is not None \
-        and age < stale_after(interval)

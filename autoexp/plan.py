@@ -267,17 +267,6 @@ def render_task(config: Config, run, exp_dir: Path, own: dict | None = None, key
     }
 
 
-def check_retry_params(config: Config, runs: list[sweep.Run]) -> None:
-    """A retry rule's parameter templates (``monitor.retries.rules.<class>.params``) render for
-    every run now, so a misspelt name fails the plan, not the sidecar's retry."""
-    rules = ((config.get("monitor") or {}).get("retries") or {}).get("rules") or {}
-    for cls, rule in rules.items():
-        for key, template in (rule.get("params") or {}).items():
-            where = config.where(f"monitor.retries.rules.{cls}.params.{key}")
-            for run in runs:
-                render.render(template, run.params, "plain", where)
-
-
 def split(n_runs: int, max_array_size: int, max_parallel: int | None) -> list[ArrayPlan]:
     """One array if it fits under MaxArraySize, else consecutive arrays of at most that size."""
     throttle = f"%{max_parallel}" if max_parallel else ""
@@ -325,7 +314,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
         site.check(config, len(runs))
         tasks = [render_task(config, run, exp_dir) for run in runs]
         arrays = split(len(runs), max_array_size, config.get("max_parallel"))
-    check_retry_params(config, runs)
+    sweep.check_retry_params(config, runs)
     env = environment()
     plan = Plan(config, exp_dir, scheduler_name, runs, arrays)
     # Jobs start in the experiment directory (--chdir), never where `autoexp launch` was run.

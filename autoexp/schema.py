@@ -1,19 +1,19 @@
 """The schema of a config and of a site config, and the defaults a site may change.
 
-A schema node is a callable ``(value, path) -> normalized value`` that raises :class:`Invalid`
-with the dotted path of the offending key; :mod:`autoexp.config` turns that into an InputError
-naming the file the value came from.
+Its nodes are the checks of autoexp/checks.py: each raises :class:`Invalid` with the dotted path
+of the offending key; :mod:`autoexp.config` turns that into an InputError naming the file the
+value came from.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import re
-import shlex
-from typing import Any, Callable
+from typing import Any
 
-from .durations import SLURM_TIME_RE, parse_duration
+from .checks import (Check, Invalid, any_value, duration, integer, list_of, mapping, number, regex, scalar,
+                     shell_words, string, type_name)
+from .durations import SLURM_TIME_RE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -44,57 +44,6 @@ SBATCH_MANAGED = frozenset({"array", "output", "error", "parsable", "wrap", "tes
                             "chdir"})
 
 
-
-class Invalid(Exception):
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path, self.message = path, message
-
-
-Check = Callable[[Any, str], Any]
-
-
-def type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
-            int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def string(pattern: re.Pattern | None = None, hint: str = "") -> Check:
-    def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise Invalid(path, f"expected a string, got {type_name(value)}")
-        value = str(value)
-        if pattern is not None and not pattern.match(value):
-            raise Invalid(path, f"{value!r} is not valid ({hint})")
-        return value
-    return check
-
-
-def integer(minimum: int = 0) -> Check:
-    def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid(path, f"expected an integer, got {type_name(value)} {value!r}")
-        if value < minimum:
-            raise Invalid(path, f"must be at least {minimum}, got {value}")
-        return value
-    return check
-
-
-def number(minimum: float = 0.0, at_least: float | None = None) -> Check:
-    """A finite number greater than ``minimum`` (or, with ``at_least``, no smaller than that)."""
-    def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise Invalid(path, f"expected a number, got {type_name(value)} {value!r}")
-        if not math.isfinite(value):
-            raise Invalid(path, f"must be a finite number, got {value}")
-        if at_least is not None and value < at_least:
-            raise Invalid(path, f"must be at least {at_least:g}, got {value:g}")
-        if value <= minimum:
-            raise Invalid(path, f"must be greater than {minimum:g}, got {value}")
-        return value
-    return check
-
-
 def experiment_name(value, path):
     """A name that is one directory under ``output_dir``: not ``.``, ``..`` or an option."""
     text = string(NAME_RE, "letters, digits, . _ -")(value, path)
@@ -109,68 +58,6 @@ def slurm_time(value, path):
     if not SLURM_TIME_RE.match(text):
         raise Invalid(path, f"{text!r} is not a Slurm time (use MM, HH:MM:SS, D-HH or D-HH:MM:SS)")
     return text
-
-
-
-def duration(value, path):
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise Invalid(path, f"{value!r} is not a duration (use 90s, 30m, 2h, 1d or HH:MM:SS)") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise Invalid(path, "must be longer than zero, and finite")
-    return value
-
-
-def regex(value, path):
-    text = string()(value, path)
-    try:
-        re.compile(text)
-    except re.error as err:
-        raise Invalid(path, f"invalid regular expression {text!r}: {err}") from None
-    return text
-
-
-def list_of(item: Check, allow_scalar: bool = False) -> Check:
-    def check(value, path):
-        if allow_scalar and isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise Invalid(path, f"expected a list, got {type_name(value)}")
-        return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    return check
-
-
-def mapping(fields: dict[str, Check], required: tuple[str, ...] = (), values: Check | None = None,
-            keys: Check | None = None) -> Check:
-    """A dict with known ``fields`` (typos get a suggestion) or free keys checked by ``values``."""
-    def check(value, path):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise Invalid(path, f"expected a mapping, got {type_name(value)}")
-        out = {}
-        for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if key in fields:
-                out[key] = fields[key](item, sub)
-            elif values is not None:
-                if keys is not None:
-                    key = keys(key, sub)
-                out[key] = values(item, sub)
-            else:
-                guess = difflib.get_close_matches(str(key), list(fields), n=1)
-                hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known: {', '.join(fields)})"
-                raise Invalid(sub, f"unknown key{hint}")
-        for key in required:
-            if key not in out:
-                raise Invalid(f"{path}.{key}" if path else key, "required key is missing")
-        return out
-    return check
-
-
-def any_value(value, path):
-    return value
 
 
 def sbatch_key(key, path):
@@ -209,24 +96,6 @@ def sbatch_options(extra: dict[str, Check] | None = None) -> Check:
 
 def env_name(key, path):
     return string(ENV_NAME_RE, "an environment variable name")(key, path)
-
-
-def scalar(value, path):
-    if isinstance(value, (dict, list)):
-        raise Invalid(path, f"expected a scalar, got {type_name(value)}")
-    return value
-
-
-def shell_words(value, path):
-    """A command prefix as words: a list, or a string split the way a shell would."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        try:
-            return shlex.split(value)
-        except ValueError as err:
-            raise Invalid(path, f"cannot split {value!r} into words: {err}") from None
-    return list_of(string())(value, path)
 
 
 def _sweep_points(value, path):

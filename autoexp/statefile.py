@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import report
 from .errors import AutoexpError, InputError
-from .model import SCHEMA, State, now, recount
+from .clock import now
+from .model import SCHEMA, State, recount
 
 if TYPE_CHECKING:
     import filelock

@@ -30,7 +30,9 @@ from pathlib import Path
 from . import history, report, statefile
 from .errors import AutoexpError
 from .jobstates import FAILED, TERMINAL
-from .model import STALE_INTERVALS, Run, State, lease_fresh, parse_time, stale_after
+from .clock import parse_time
+from .liveness import STALE_INTERVALS, lease_fresh, stale_after
+from .model import Run, State
 
 ROWS_OFF_TERMINAL = 50  # table rows shown when not on a terminal (--all shows every run)
 LOG_TAIL_BYTES = 8192  # how much of a stale sidecar's log is read for its last line
@@ -58,7 +60,7 @@ def polling_interval(state: State, exp_dir: Path) -> float:
 
 
 def health(state: State, exp_dir: Path, now: dt.datetime | None = None) -> dict:
-    """Is a sidecar watching? Derived from the lease alone (no scheduler call): model.lease_fresh."""
+    """Is a sidecar watching? Derived from the lease alone (no scheduler call): liveness.lease_fresh."""
     now = now or utcnow()
     sidecar = state.get("sidecar") or {}
     interval = polling_interval(state, exp_dir) if sidecar.get("job_id") else None

@@ -106,3 +106,14 @@ def expand(config, exp_dir) -> list[Run]:
         seen[name] = index
         runs.append(Run(index, name, point))
     return runs
+
+
+def check_retry_params(config, runs: list[Run]) -> None:
+    """A retry rule's parameter templates (``monitor.retries.rules.<class>.params``) render for
+    every run now, so a misspelt name fails the plan, not the sidecar's retry."""
+    rules = ((config.get("monitor") or {}).get("retries") or {}).get("rules") or {}
+    for cls, rule in rules.items():
+        for key, template in (rule.get("params") or {}).items():
+            where = config.where(f"monitor.retries.rules.{cls}.params.{key}")
+            for run in runs:
+                render.render(template, run.params, "plain", where)

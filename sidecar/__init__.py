@@ -19,7 +19,7 @@ truth from the scheduler's accounting and the saved offsets: no transition misse
 Only the holder of the lease (:mod:`.lease`) may apply a poll. The lease is ``state["sidecar"]``:
 the holder's job id and a heartbeat renewed every poll. A sidecar finds it is not the holder under
 the same lock that would let it write, so two never apply polls at once; a holder whose job ended,
-or whose heartbeat is older than three intervals (and 10 s: model.lease_fresh), is dead and its
+or whose heartbeat is older than three intervals (and 10 s: liveness.lease_fresh), is dead and its
 lease is taken over. Before its own time limit the sidecar (:mod:`.loop`) submits its successor
 (``--dependency=afterany`` on itself, so the two never run at once), hands it the lease and exits.
 In ``chain`` mode (``sidecar.mode``) each job polls once and submits the next one to begin an

@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from .. import model, statefile
+from .. import clock, liveness, model, statefile
 from ..errors import AutoexpError
 from ..jobstates import TERMINAL, Phase, phase
 from ..model import State
@@ -37,7 +37,7 @@ def alive(st: State, sched: Scheduler | None = None, interval: float = 60.0, now
     """Whether the experiment's recorded sidecar is polling or about to (submitted, pending).
 
     Dead: it stopped by itself, its job ended (asked to ``sched`` when given), its process is gone
-    from this very host, or :func:`autoexp.model.lease_fresh` says so (``interval`` counts when the
+    from this very host, or :func:`autoexp.liveness.lease_fresh` says so (``interval`` counts when the
     lease records none).
     """
     sidecar = st.get("sidecar") or {}
@@ -58,7 +58,7 @@ def alive(st: State, sched: Scheduler | None = None, interval: float = 60.0, now
     if sidecar.get("host") == socket.gethostname() and sidecar.get("pid") and sidecar.get("heartbeat"):
         if not process_exists(int(sidecar["pid"])):
             return False
-    return model.lease_fresh(sidecar, float(sidecar.get("interval") or interval), now or time.time())
+    return liveness.lease_fresh(sidecar, float(sidecar.get("interval") or interval), now or time.time())
 
 
 def process_exists(pid: int) -> bool:
@@ -100,7 +100,7 @@ def release(exp_dir: Path, me: str, reason: str | None) -> None:
     with statefile.locked(exp_dir) as st:
         if not holds(st, me):
             return
-        st["sidecar"]["stopped"] = model.now()
+        st["sidecar"]["stopped"] = clock.now()
         if reason:
             model.log(st, "SIDECAR_STOP", f"job {me}", Reason=reason)
 

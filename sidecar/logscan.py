@@ -8,7 +8,8 @@ from typing import Any
 
 from .. import history, model, report
 from ..jobstates import Phase, phase
-from ..model import Run, epoch
+from ..clock import epoch
+from ..model import Run
 from . import logwatch
 from .work import Work
 

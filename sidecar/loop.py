@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from .. import actions, backends, htmlreport, model, statefile, statusview
+from .. import actions, backends, clock, htmlreport, model, statefile, statusview
 from ..errors import AutoexpError
 from ..scheduler import Scheduler
 from .lease import LeaseLost, acquire, holds, identity, release
@@ -174,6 +174,6 @@ def summary(me: str, result: PollResult) -> str:
     """One line per poll in the sidecar's own log."""
     what = f"query error: {result.query_error}" if result.query_error else \
         f"{result.records} records in {result.query_s:.2f}s" if result.queried else "no query"
-    return (f"[{model.now()}] sidecar {me}: {what}; work {result.work_s:.2f}s; {result.changes} changes, "
+    return (f"[{clock.now()}] sidecar {me}: {what}; work {result.work_s:.2f}s; {result.changes} changes, "
             f"{result.events} events" + (", done" if result.done else ""))
 

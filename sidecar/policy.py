@@ -8,7 +8,8 @@ from typing import Any
 from .. import actions, model, report
 from ..errors import AutoexpError, SchedulerTimeout
 from ..jobstates import SKIPPED, Phase, phase
-from ..model import Attempt, epoch
+from ..clock import epoch
+from ..model import Attempt
 from . import remedies
 from .work import Work
 

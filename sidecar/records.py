@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
-from .. import model
+from .. import clock, model
 from ..jobstates import Phase, phase
 from ..model import Attempt, Run, State
 from ..scheduler import JobRecord
@@ -18,7 +18,7 @@ VANISH_GRACE = 60  # s: a task missing from accounting this long was cancelled w
 
 def since(st: State) -> dt.datetime:
     """From when accounting is asked about the experiment's jobs."""
-    created = model.parse_time(st.get("created")) or dt.datetime.now(dt.timezone.utc)
+    created = clock.parse_time(st.get("created")) or dt.datetime.now(dt.timezone.utc)
     return created - dt.timedelta(seconds=SINCE_MARGIN)
 
 
@@ -106,7 +106,7 @@ class Records(Work):
             attempt.pop("missing_since", None)
             return []
         since = attempt.setdefault("missing_since", self.when)
-        if self.now - (model.epoch(since) or self.now) < max(VANISH_GRACE, 3 * self.settings.interval):
+        if self.now - (clock.epoch(since) or self.now) < max(VANISH_GRACE, 3 * self.settings.interval):
             return []
         ghost = JobRecord(job_id=attempt["job_id"], state="CANCELLED", completed=self.when,
                           reason="(no longer in the queue or in accounting)")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .. import model, report
 from ..jobstates import FAILED, Phase, phase
-from ..model import Attempt, Run, State, iso
+from ..clock import iso
+from ..model import Attempt, Run, State
 from ..scheduler import Scheduler
 from .settings import Settings
 

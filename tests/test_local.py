@@ -58,7 +58,7 @@ def test_local_cancel_stops_running_and_pending_tasks(workdir):
 def test_a_lost_submission_is_found_by_its_tag_not_made_twice(workdir):
     """Intents (actions.settle_intents) with the local scheduler: one that was submitted is recorded
     as if its answer had come, one that never was is dropped; neither is submitted again."""
-    from autoexp import actions, model, statefile
+    from autoexp import actions, clock, model, statefile
     from autoexp.scheduler import Submission
 
     path = write_config(workdir, {"name": "lost", "command": "true", "sweep": {"grid": {"x": [1, 2]}}})
@@ -66,7 +66,7 @@ def test_a_lost_submission_is_found_by_its_tag_not_made_twice(workdir):
     sched = LocalScheduler(exp)
     made = model.new_intent("a1b2c3", "array.sbatch", 0, [(0, "x1", 1)], "0", "launch")
     never = model.new_intent("d4e5f6", "array.sbatch", 0, [(1, "x2", 1)], "1", "launch")
-    late = dict(never, time=model.iso(model.epoch(never["time"]) - 120))  # a minute on, still unknown
+    late = dict(never, time=clock.iso(clock.epoch(never["time"]) - 120))  # a minute on, still unknown
     job = sched.submit(Submission(exp / "array.sbatch", array="0", tag="a1b2c3"))  # its answer "lost"
     with statefile.locked(exp) as st:
         st["intents"] = [made, never]

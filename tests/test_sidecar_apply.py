@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from autoexp import model, sidecar, statusview
+from autoexp import clock, liveness, model, sidecar, statusview
 from autoexp.scheduler import Scheduler
 from autoexp.sidecar import policy, records
 from autoexp.slurm import parse_sacct
@@ -70,7 +70,7 @@ def apply(tmp_path, st, name_or_text, sched=None, now=None, settings=None):
     work = sidecar.Poll(tmp_path, st, sched or Requeues(tmp_path), settings or sidecar.Settings(interval=1),
                          sidecar.PollResult())
     if now is not None:
-        work.now, work.when = now, model.iso(now)
+        work.now, work.when = now, clock.iso(now)
     work.apply(parse_sacct(text), time.time())
     return work
 
@@ -158,21 +158,21 @@ def test_node_fail_waits_for_slurms_own_requeue(tmp_path):
 def test_lease(tmp_path):
     st = experiment(tmp_path, {"74": 1})
     now = time.time()
-    st["sidecar"] = {"job_id": "99", "heartbeat": model.iso(now - 5), "interval": 2, "host": "elsewhere", "pid": 1}
+    st["sidecar"] = {"job_id": "99", "heartbeat": clock.iso(now - 5), "interval": 2, "host": "elsewhere", "pid": 1}
     assert sidecar.alive(st, now=now)
-    assert not sidecar.alive(st, now=now + model.stale_after(2) + 5)
-    st["sidecar"]["stopped"] = model.iso(now)
+    assert not sidecar.alive(st, now=now + liveness.stale_after(2) + 5)
+    st["sidecar"]["stopped"] = clock.iso(now)
     assert not sidecar.alive(st, now=now)
     assert sidecar.holds({"sidecar": {"job_id": "99"}}, "99") and not sidecar.holds(st, "99")
 
 
 def test_status_and_the_sidecar_agree_on_whether_the_sidecar_is_alive(tmp_path):
-    """One liveness rule (model.lease_fresh): they used to disagree for intervals under 3.3 s."""
+    """One liveness rule (liveness.lease_fresh): they used to disagree for intervals under 3.3 s."""
     st = experiment(tmp_path, {"74": 1})
     now = time.time()
     for interval in (1, 2, 60):
         for age in (2, 5, 9, 11, 40, 150, 200):
-            st["sidecar"] = {"job_id": "99", "heartbeat": model.iso(now - age), "interval": interval,
+            st["sidecar"] = {"job_id": "99", "heartbeat": clock.iso(now - age), "interval": interval,
                              "host": "elsewhere", "pid": 1}
             health = statusview.health(st, tmp_path, dt.datetime.fromtimestamp(now, dt.timezone.utc))
             assert (health["sidecar"] == "alive") == sidecar.alive(st, now=now), (interval, age)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import autoexp
-from autoexp import model
+from autoexp import clock
 from autoexp.errors import InputError
 from conftest import REPO, autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done, write_config
 
@@ -324,7 +324,7 @@ def test_sidecar_killed_while_submitting_evaluations_neither_misses_nor_doubles(
     assert "## Stage: train" in summary and "| Run | Path | Status |" in summary.split("## Stage: eval")[1]
     for run in (r for r in st["runs"].values() if r.get("stage") == "eval"):  # after its checkpoint was written
         written = os.stat(exp / "runs" / run["point"] / run["axis"]["path"]).st_mtime
-        assert _times([run["job_id"]])[run["job_id"]][0] >= model.iso(written)[:19]
+        assert _times([run["job_id"]])[run["job_id"]][0] >= clock.iso(written)[:19]
     # every evaluation array went to sbatch once: the one submitted before the kill was found
     # again (SUBMIT_FOUND), not submitted a second time
     lines = calls.read_text().splitlines()

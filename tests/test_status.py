@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import autoexp
-from autoexp import model, statefile
+from autoexp import clock, model, statefile
 from conftest import autoexp as run_cli, read_state, write_config
 
 
@@ -43,12 +43,12 @@ def as_if_running(exp: Path, states: dict[str, str] | None = None, default: str 
             attempt = {"attempt": 1, "job_id": f"900_{run['index']}", "state": state,
                        "log": str(exp / "runs" / name / f"slurm-900_{run['index']}.out")}
             run.update(state=state, job_id=attempt["job_id"], attempts=[attempt], elapsed_s=42,
-                       started=model.now() if state != "PENDING" else None)
+                       started=clock.now() if state != "PENDING" else None)
             if state == "COMPLETED":
                 run["metrics"] = {"loss": 0.25}
         stamp = (now - dt.timedelta(seconds=heartbeat_age)).strftime("%Y-%m-%dT%H:%M:%SZ") \
             if heartbeat_age is not None else None
-        st["sidecar"] = {"job_id": "901", "host": "node1", "heartbeat": stamp, "submitted": model.now()}
+        st["sidecar"] = {"job_id": "901", "host": "node1", "heartbeat": stamp, "submitted": clock.now()}
         if interval is not None:
             st["sidecar"]["interval"] = interval
         st["done"] = done
