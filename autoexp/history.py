@@ -21,10 +21,10 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from . import statefile
 from collections.abc import Iterator
 
 CAP = 1000  # a series keeps between CAP and 2 * CAP points once it has had that many
@@ -132,16 +132,7 @@ class RunHistory:
             return
         self.path.parent.mkdir(exist_ok=True)
         data = {m: {a: s.to_json() for a, s in attempts.items()} for m, attempts in self.series.items()}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        statefile.atomic_write(self.path, json.dumps(data, separators=(",", ":")))
         self.changed = False
 
 

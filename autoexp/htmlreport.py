@@ -18,17 +18,16 @@ import datetime as dt
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import history
+from . import history, jobstates, report, statefile
+from .clock import parse_time
 
 REPORT = "report.html"
 MAX_CURVES = 60  # runs drawn per metric (ranked best first, failed ones added)
 MAX_POINTS = 400  # points per drawn curve (history.halved until below)
-ENDED_BAD = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED",
-             "CANCELLED", "SKIPPED"}
+ENDED_BAD = jobstates.PROBLEM | {jobstates.SKIPPED}  # marked on the curves, red on the timeline
 STATE_COLOURS = {"COMPLETED": "#2e7d32", "RUNNING": "#0277bd", "PENDING": "#9e9e9e", "PLANNED": "#bdbdbd",
                  "CANCELLED": "#8e24aa", "TIMEOUT": "#ef6c00", "REQUEUED": "#f9a825"}
 BAD_COLOUR = "#c62828"
@@ -131,8 +130,9 @@ def timeline_figure(go, doc: dict, order: list[str], now: dt.datetime):
     bars: dict[str, dict[str, list]] = {}
     for name in order:
         for attempt in doc["runs"][name].get("attempts") or []:
-            submitted, started = _time(attempt.get("submitted")), _time(attempt.get("started"))
-            ended = _time(attempt.get("completed")) or (now if attempt["state"] in ("RUNNING", "PENDING") else None)
+            submitted, started = parse_time(attempt.get("submitted")), parse_time(attempt.get("started"))
+            ended = parse_time(attempt.get("completed")) or (now if attempt["state"] in ("RUNNING", "PENDING")
+                                                             else None)
             label = f"{name}{_stage(attempt)}"
             waited_until = started or ended
             if submitted and waited_until:
@@ -165,12 +165,6 @@ def _stage(attempt: dict) -> str:
     return f" [{attempt['stage']}]" if attempt.get("stage") else ""
 
 
-def _time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
-
-
 # --------------------------------------------------------------------------- the page
 
 STYLE = """
@@ -187,7 +181,7 @@ section{margin-bottom:28px}
 def build(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min",
           now: dt.datetime | None = None) -> str:
     """The report page for the status document ``doc`` (what ``autoexp status --json`` prints)."""
-    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    now = now or dt.datetime.now(dt.timezone.utc)
     histories = {name: history.series(exp_dir, name) for name in doc["runs"]}
     metrics = metric_names(doc, histories)
     chosen = metric if metric is not None else (metrics[0] if metrics else None)
@@ -251,11 +245,12 @@ def _ranking(doc: dict, order: list[str], metrics: list[str], chosen: str | None
     for rank, name in enumerate(order, 1):
         run = doc["runs"][name]
         log = _log_link(run, exp_dir)
+        finals = [final_value(run, m) for m in metrics]
         cells = [str(rank), html.escape(name),
                  f"<span style='color:{colour(run['state'])}'>{html.escape(run['state'])}</span>",
                  *[html.escape(json.dumps(run["params"].get(p))) for p in params],
-                 *[_number(final_value(run, m)) for m in metrics], str(len(run.get("attempts") or [])),
-                 _duration(run.get("elapsed_s")), log]
+                 *["-" if v is None else report.format_value(v) for v in finals], str(len(run.get("attempts") or [])),
+                 report.human_duration(run.get("elapsed_s")), log]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ("<section id=ranking><h2>Runs</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
             + "</tr>" + "".join(rows) + "</table></section>")
@@ -285,30 +280,8 @@ def _log_link(run: dict, exp_dir: Path) -> str:
     return f"<a href='{html.escape(href)}'>{html.escape(path.name)}</a>"
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def write(doc: dict, exp_dir: Path, metric: str | None = None, goal: str = "min") -> Path:
     """Write ``report.html`` atomically (a reader never sees half a page)."""
-    exp_dir = Path(exp_dir)
-    text = build(doc, exp_dir, metric, goal)
-    fd, tmp = tempfile.mkstemp(dir=exp_dir, prefix=f".{REPORT}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, exp_dir / REPORT)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return exp_dir / REPORT
+    page = Path(exp_dir) / REPORT
+    statefile.atomic_write(page, build(doc, Path(exp_dir), metric, goal))
+    return page
