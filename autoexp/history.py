@@ -31,6 +31,11 @@ CAP = 1000  # a series keeps between CAP and 2 * CAP points once it has had that
 DIR = "metrics"
 
 
+def is_number(value: Any) -> bool:
+    """A metric value a curve can hold: an int or a float, not a bool nor text such as ``nan``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class Series:
     """One metric of one attempt: the match count ``n`` and the decimated points (see above)."""
 
@@ -122,7 +127,7 @@ class RunHistory:
 
     def add(self, metric: str, attempt: int, ordinal: int, step: Any, value: Any) -> None:
         """Add a numeric value (text values such as ``nan`` are skipped: a curve has no place for them)."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             return
         self.changed |= self.get(metric, attempt).add(ordinal, step, value)
 

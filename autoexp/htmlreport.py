@@ -40,13 +40,13 @@ def colour(state: str) -> str:
 def metric_names(doc: dict, histories: dict[str, dict]) -> list[str]:
     names = {m for h in histories.values() for m in h}
     names |= {m for run in doc["runs"].values() for m, v in (run.get("metrics") or {}).items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+              if history.is_number(v)}
     return sorted(names)
 
 
 def final_value(run: dict, metric: str) -> float | None:
     value = (run.get("metrics") or {}).get(metric)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return value if history.is_number(value) else None
 
 
 def ranked(doc: dict, metric: str | None, goal: str) -> list[str]:
@@ -121,7 +121,7 @@ def _axis_value(value: Any) -> Any:
 
 def _is_log_axis(doc: dict, param: str) -> bool:
     values = [r["params"].get(param) for r in doc["runs"].values()]
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [v for v in values if history.is_number(v)]
     return len(numbers) == len(values) and min(numbers) > 0 and max(numbers) / min(numbers) >= 100
 
 

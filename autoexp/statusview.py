@@ -218,7 +218,7 @@ def trend_metric(state: dict) -> str | None:
     """The metric the TREND column follows: the first one the sidecar recorded a number for."""
     for run in state["runs"].values():
         for name, value in (run.get("metrics") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if history.is_number(value):
                 return name
     return None
 
