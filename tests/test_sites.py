@@ -351,20 +351,22 @@ def test_a_chain_sidecar_keeps_the_state_current_without_holding_an_allocation(w
             read_state(exp)["runs"]), timeout=120, interval=0.5, what="s6 COMPLETED while s24 RUNNING")
         final = wait_state_done(exp, timeout=180)
         assert {r["state"] for r in final["runs"].values()} == {"COMPLETED"}
+        # The job that saw the end may still be writing the report: the chain stops by itself.
+        wait_for(lambda: not queued_sidecars(name), timeout=60, what="the chain to stop once the experiment is done")
     finally:
-        pending = subprocess.run(["squeue", "-h", "-o", "%i", f"--name=autoexp-sidecar-{name}"],
-                                 capture_output=True, text=True, timeout=30).stdout.split()
-        if pending:
-            subprocess.run(["scancel", *pending], capture_output=True, timeout=30)
-    wait_for(lambda: not subprocess.run(["squeue", "-h", "-o", "%i", f"--name=autoexp-sidecar-{name}"],
-                                        capture_output=True, text=True, timeout=30).stdout.split(),
-             timeout=30, what="the chain to stop once the experiment is done")
+        if leftover := queued_sidecars(name):  # only when the test failed: do not leave a chain behind
+            subprocess.run(["scancel", *leftover], capture_output=True, timeout=30)
     rows = sidecar_allocations(name)
     assert len(rows) >= 3, rows  # a chain, not one long job
     for job, state, elapsed, start, end in rows:
         assert state == "COMPLETED" and int(elapsed) < interval, rows  # one poll: seconds, not the interval
     for (_, _, _, _, end), (_, _, _, start, _) in zip(rows, rows[1:]):
         assert to_epoch(start) - to_epoch(end) >= interval - 1, rows  # the wait is spent outside an allocation
+
+
+def queued_sidecars(name: str) -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i", f"--name=autoexp-sidecar-{name}"],
+                          capture_output=True, text=True, timeout=30).stdout.split()
 
 
 def sidecar_allocations(name: str) -> list[list[str]]:
