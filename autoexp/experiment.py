@@ -247,7 +247,7 @@ def _catch_up(exp_dir: Path, st: State, sched: Scheduler) -> None:
     except AutoexpError as err:
         raise AutoexpError(f"{exp_dir}: cannot ask {sched.name} which runs have finished ({err}); "
                            "nothing cancelled, try again") from None
-    Poll(exp_dir, st, sched, Settings.load(exp_dir), PollResult()).apply(records, time.time())
+    Poll(exp_dir, st, sched, Settings.load(exp_dir), PollResult()).apply(records, time.time(), window)
 
 
 def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | None = None) -> dict:

@@ -215,34 +215,43 @@ def _time(text: str) -> str | None:
 
 def parse_sacct(text: str) -> list[JobRecord]:
     """Records from ``sacct --parsable2`` output with :data:`SACCT_FIELDS`; steps are dropped."""
-    records = []
+    records: list[JobRecord] = []
     for line in text.splitlines():
         cols = line.split("|")
-        if len(cols) < len(SACCT_FIELDS):
+        if len(cols) < len(SACCT_FIELDS) or "." in cols[0]:  # a step (123.batch, 123_4.0): its row says it all
             continue
-        job_id, raw_id, state, submit, start, end, elapsed, exit_code, nodes = cols[:9]
-        if "." in job_id:  # a step (123.batch, 123_4.0): the allocation row already says it all
+        if _ARRAY_PENDING.match(cols[0]):
+            records.extend(_pending_tasks(line))
             continue
-        state, _, reason = state.partition(" ")
-        common: dict[str, Any] = {
-            "state": state, "reason": reason, "submitted": _time(submit), "started": _time(start),
+        common = _columns(cols)
+        one_task = _ARRAY_ID.match(cols[0])
+        if one_task:
+            records.append(JobRecord(job_id=cols[0], array_job=one_task.group(1), task=int(one_task.group(2)),
+                                     **common))
+        else:
+            records.append(JobRecord(job_id=cols[0].split("+")[0], **common))
+    return records
+
+
+def _columns(cols: list[str]) -> dict[str, Any]:
+    _, raw_id, state, submit, start, end, elapsed, exit_code, nodes = cols[:9]
+    state, _, reason = state.partition(" ")
+    return {"raw_id": raw_id, "state": state, "reason": reason, "submitted": _time(submit),
+            "started": None if state == "PENDING" else _time(start),
             "completed": _time(end) if state not in ("PENDING", "RUNNING") else None,
             "elapsed_s": int(elapsed) if elapsed.isdigit() else None, "exit_code": exit_code or None,
             "nodes": nodes if nodes and nodes != "None assigned" else None}
-        if state == "PENDING":
-            common["started"] = None
-        pending = _ARRAY_PENDING.match(job_id)
-        if pending:  # tasks that never started; their row may lag behind the tasks' own rows
-            array_job = pending.group(1)
-            common.update(started=None, elapsed_s=0, nodes=None)
-            for task in expand_range(pending.group(2)):
-                records.append(JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task,
-                                         raw_id=raw_id, collapsed=True, **common))
-            continue
-        one_task = _ARRAY_ID.match(job_id)
-        if one_task:
-            records.append(JobRecord(job_id=job_id, array_job=one_task.group(1), task=int(one_task.group(2)),
-                                     raw_id=raw_id, **common))
-        else:
-            records.append(JobRecord(job_id=job_id.split("+")[0], raw_id=raw_id, **common))
-    return records
+
+
+@lru_cache(maxsize=64)
+def _pending_tasks(line: str) -> tuple[JobRecord, ...]:
+    """The tasks of a collapsed row of tasks that never started (``123_[4-999%16]``; it may lag
+    behind the tasks' own rows), built once per distinct row: a big sweep's waiting tasks come
+    back as the same row poll after poll."""
+    cols = line.split("|")
+    pending = _ARRAY_PENDING.match(cols[0])
+    assert pending is not None
+    array_job = pending.group(1)
+    common = {**_columns(cols), "started": None, "elapsed_s": 0, "nodes": None}
+    return tuple(JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task, collapsed=True, **common)
+                 for task in expand_range(pending.group(2)))

@@ -32,6 +32,7 @@ STATE = "state.json"
 LOCK = "state.json.lock"
 SUMMARY = "experiment_summary.md"
 EVENTS = "events.log"
+HEARTBEAT = "sidecar.heartbeat"  # the lease's heartbeat between state writes (see beat)
 LOCK_TIMEOUT = 60.0
 
 
@@ -75,11 +76,41 @@ def read(exp_dir: Path, history: bool = True) -> State:
         raise InputError("no state.json: not an autoexp experiment directory", str(exp_dir)) from None
     except (OSError, ValueError) as err:
         raise AutoexpError(f"{file}: cannot read state: {err}") from None
+    _overlay_heartbeat(Path(exp_dir), state)
     schema = state.get("schema")
     if schema != SCHEMA:
         raise InputError(f"schema {schema} is not supported by this autoexp (it reads schema "
                          f"{SCHEMA}); upgrade autoexp", str(file), "schema")
     return state
+
+
+def beat(exp_dir: Path, job_id: str, when: str) -> None:
+    """Renew the lease's heartbeat without rewriting state.json: a poll that changed nothing
+    writes only this small file, which :func:`read` lays over ``state["sidecar"]["heartbeat"]``
+    when it names the lease's holder and is newer."""
+    atomic_write(Path(exp_dir) / HEARTBEAT, json.dumps({"job_id": job_id, "heartbeat": when}) + "\n")
+
+
+def _overlay_heartbeat(exp_dir: Path, state: State) -> None:
+    lease = state.get("sidecar") or {}
+    if not lease.get("job_id"):
+        return
+    try:
+        with open(exp_dir / HEARTBEAT, "rb") as fh:
+            beat = json.loads(fh.read())
+    except (OSError, ValueError):
+        return
+    if beat.get("job_id") == lease["job_id"] and (beat.get("heartbeat") or "") > (lease.get("heartbeat") or ""):
+        lease["heartbeat"] = beat["heartbeat"]
+
+
+def stamp(exp_dir: Path) -> tuple[int, int, int] | None:
+    """state.json's identity (inode, size, mtime): any write replaces it."""
+    try:
+        info = os.stat(path(exp_dir))
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def atomic_write(file: Path, text: str) -> None:
@@ -144,8 +175,9 @@ def lock(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> filelock.FileLock:
 
 
 @contextlib.contextmanager
-def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[State]:
-    """Read-modify-write under the lock; the state is written only if the block succeeds."""
+def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT, written: list | None = None) -> Iterator[State]:
+    """Read-modify-write under the lock; the state is written only if the block succeeds (and
+    its :func:`stamp` then appended to ``written``, still under the lock)."""
     import filelock
 
     try:
@@ -153,6 +185,8 @@ def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[State]:
             state = read(exp_dir)
             yield state
             write(exp_dir, state)
+            if written is not None:
+                written.append(stamp(exp_dir))
     except filelock.Timeout:
         raise AutoexpError(f"{exp_dir / LOCK}: still held after {timeout:.0f}s by another "
                            "autoexp process") from None

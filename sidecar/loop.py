@@ -3,7 +3,6 @@ hand over to a successor before the job's time limit (or, in chain mode, after e
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import signal
 import threading
@@ -16,6 +15,7 @@ from ..errors import AutoexpError
 from ..scheduler import Scheduler
 from .lease import LeaseLost, acquire, holds, identity, release
 from .poll import PollResult, backoff, poll
+from .work import Watch
 from .settings import Settings
 
 QUERY_TIMEOUT = (20, 120)  # s: a query is hung after 10 intervals, within these bounds
@@ -59,7 +59,7 @@ def run(exp_dir: Path, once: bool = False) -> int:
                 return 0
     deadline = None if single else _deadline(sched, me, settings)
     next_query = 0.0
-    targets: tuple[list[str], dt.datetime] | None = None
+    targets: Watch | None = None  # what the last poll saw: the next one may then skip the state
     while True:
         began = time.monotonic()
         try:
@@ -174,6 +174,8 @@ def summary(me: str, result: PollResult) -> str:
     """One line per poll in the sidecar's own log."""
     what = f"query error: {result.query_error}" if result.query_error else \
         f"{result.records} records in {result.query_s:.2f}s" if result.queried else "no query"
+    if result.quiet:
+        what += ", nothing new"
     return (f"[{clock.now()}] sidecar {me}: {what}; work {result.work_s:.2f}s; {result.changes} changes, "
             f"{result.events} events" + (", done" if result.done else ""))
 

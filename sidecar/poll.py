@@ -1,4 +1,5 @@
-"""One poll: one scheduler query without the lock, then everything applied under it.
+"""One poll: one scheduler query without the lock, then everything applied under it, unless
+nothing changed since the last poll (:mod:`.quiet`: then only the heartbeat is renewed).
 
 :func:`reconcile` is the same without a lease, for ``autoexp status --refresh``.
 """
@@ -9,16 +10,17 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from .. import backends, model, report, statefile
+from .. import backends, clock, model, report, statefile
 from ..errors import AutoexpError
 from ..model import State
 from ..scheduler import JobRecord, Scheduler
 from .lease import LeaseLost, holds
 from .logscan import LogScan
 from .follow import Follow
-from .records import Records, since
+from .quiet import due, fingerprint, logs_read, unchanged
+from .records import Records, window
 from .settings import Settings
-from .work import PollResult
+from .work import PollResult, Watch
 
 BACKOFF_MAX = 600  # s: longest pause between two scheduler queries after failures
 
@@ -46,14 +48,16 @@ class Poll(Records, LogScan, Follow):
             query.pop("error", None)
         result.failures = query.get("failures", 0)
 
-    def status_check(self) -> None:
+    def status_check(self, quiet: int) -> None:
+        """One entry for this poll and the ``quiet`` ones before it that found nothing new."""
         model.recount(self.st)
         result = model.counts_text(self.st)
         if self.result.query_error:
             result += f" (as last known: {self.sched.name} query failed)"
         elif not self.result.queried:
             result += " (scheduler not asked this poll)"
-        model.log(self.st, "STATUS_CHECK", f"Polling {self.sched.name.capitalize()}", self.when, Result=result)
+        model.log(self.st, "STATUS_CHECK", f"Polling {self.sched.name.capitalize()}", self.when, Result=result,
+                  Polls=quiet + 1 if quiet else None)
 
 
 def reconcile(exp_dir: Path, sched: Scheduler | None = None) -> PollResult:
@@ -63,52 +67,61 @@ def reconcile(exp_dir: Path, sched: Scheduler | None = None) -> PollResult:
 
 
 def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None = None,
-         query: bool = True, targets: tuple[list[str], dt.datetime] | None = None) -> PollResult:
+         query: bool = True, targets: Watch | None = None) -> PollResult:
     """Query once, then apply everything under the lock; with ``lease``, only if we hold it.
 
-    ``targets`` (the previous poll's) saves reading the whole state before the query; an array
-    submitted since by someone else is then queried from the next poll on.
+    ``targets`` (the previous poll's) saves reading the whole state before the query, and when
+    the answer shows nothing new, reading and writing it at all (an array submitted since by
+    someone else rewrote state.json: this poll is then a full one).
     """
     exp_dir = Path(exp_dir)
     result = PollResult()
     started = time.monotonic()
-    ids, window = targets or query_targets(statefile.read(exp_dir))
+    watch = targets or Watch(*query_targets(statefile.read(exp_dir)))
     records: list[JobRecord] | None = None
     asked_at = time.time()
-    if query and ids:
+    if query and watch.ids:
         before = time.monotonic()
         try:
-            records = sched.query(ids, window)
+            records = sched.query(watch.ids, watch.since)
         except AutoexpError as err:
             result.query_error = str(err)
         result.query_s = time.monotonic() - before
         result.queried = True
-    with statefile.locked(exp_dir) as st:
+    if records is not None and unchanged(watch, exp_dir, records, asked_at):
+        if lease is not None:
+            statefile.beat(exp_dir, lease, clock.iso(asked_at))
+        watch.quiet += 1
+        result.quiet, result.records, result.targets = True, len(records), watch
+        result.work_s = time.monotonic() - started - result.query_s
+        return result
+    written: list = []
+    with statefile.locked(exp_dir, written=written) as st:
         if lease is not None and not holds(st, lease):
             raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
         work = Poll(exp_dir, st, sched, settings, result)
-        if records is not None and asked_at >= model.query_of(st).get("asked", 0):
-            work.apply(records, asked_at)
+        applied = records is not None and asked_at >= model.query_of(st).get("asked", 0)
+        if applied and records is not None:
+            work.apply(records, asked_at, watch.since)
         work.note_query()
         work.scan_logs()
         work.act()
         work.follow()
-        work.status_check()
+        work.status_check(watch.quiet)
         if lease is not None:
             st["sidecar"]["heartbeat"] = work.when
         work.finish()
-        result.targets = query_targets(st)
+        result.targets = Watch(*query_targets(st), answer=fingerprint(records) if applied and records else None,
+                               logs=logs_read(st, settings), due=due(st, settings, work.now))
+    result.targets.stamp = written[0] if written else None
     result.work_s = time.monotonic() - started - result.query_s
     return result
 
 
 def query_targets(st: State) -> tuple[list[str], dt.datetime]:
-    """What one query asks about: every array of the experiment and its sidecar job, since when."""
-    ids = [a["job_id"] for a in st.get("arrays", [])]
-    sidecar_id = (st.get("sidecar") or {}).get("job_id")
-    if sidecar_id and str(sidecar_id).isdigit():
-        ids.append(str(sidecar_id))
-    return ids, since(st)
+    """What one query asks about: the arrays with a task that can still change, and the sidecar
+    job, since shortly before the last applied query (:func:`.records.window`)."""
+    return window(st, time.time())
 
 
 def backoff(interval: float, failures: int) -> float:

@@ -1,5 +1,12 @@
 """Applying accounting records: every attempt brought up to what the scheduler says, each step of
-a run's state logged once (STATE_CHANGE), a Slurm requeue as a new attempt of the same run."""
+a run's state logged once (STATE_CHANGE), a Slurm requeue as a new attempt of the same run.
+
+A poll asks only about what can still change (:func:`watched`): the arrays with a task not yet
+seen ended, from shortly before the last applied query (:func:`window`). Accounting lists a job in
+that window if it had not ended by its start, so an allocation that ended earlier is left out: the
+records of one task are the latest of its allocations, matched to its attempts by submission time.
+A watched task the answer leaves out (accounting was late, or the sidecar was down) widens the
+next window to the task's submission, so nothing that ended unseen is ever skipped."""
 
 from __future__ import annotations
 
@@ -14,6 +21,9 @@ from .work import Work
 
 SINCE_MARGIN = 600  # s: accounting is asked from the experiment's creation minus this (clock skew)
 VANISH_GRACE = 60  # s: a task missing from accounting this long was cancelled while pending
+WINDOW_MARGIN = 120  # s: a poll asks from the last applied query minus this (clock skew, accounting lag)
+REQUEUE_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "REQUEUED"})  # Slurm may bring these back
+REQUEUE_WATCH = 600  # s: how long an attempt in one of them is still asked about (policy waits 300 s)
 
 
 def since(st: State) -> dt.datetime:
@@ -22,11 +32,43 @@ def since(st: State) -> dt.datetime:
     return created - dt.timedelta(seconds=SINCE_MARGIN)
 
 
+def watched(attempt: Attempt, now: float) -> bool:
+    """Whether accounting can still tell something new about this attempt."""
+    if phase(attempt["state"]) < Phase.ENDED or not attempt.get("ended_seen") or attempt.get("missing_since"):
+        return True
+    return attempt["state"] in REQUEUE_STATES and now - (clock.epoch(attempt["ended_seen"]) or now) < REQUEUE_WATCH
+
+
+def window(st: State, now: float) -> tuple[list[str], dt.datetime]:
+    """What the next query asks about: the arrays with a watched attempt (and the sidecar job), from
+    the last applied query minus :data:`WINDOW_MARGIN`, or from the submission of an attempt the
+    last answer left out, never before :func:`since`."""
+    arrays: set[str] = set()
+    start = model.query_of(st).get("asked")
+    begin = start - WINDOW_MARGIN if start else None
+    for run in st["runs"].values():
+        for attempt in run["attempts"]:
+            if watched(attempt, now):
+                arrays.add(attempt["job_id"].split("_")[0])
+                if attempt.get("missing_since") and begin is not None:
+                    begin = min(begin, (clock.epoch(attempt.get("submitted")) or 0) - WINDOW_MARGIN)
+    ids = [a["job_id"] for a in st.get("arrays", []) if a["job_id"] in arrays]
+    sidecar_id = (st.get("sidecar") or {}).get("job_id")
+    if sidecar_id and str(sidecar_id).isdigit():
+        ids.append(str(sidecar_id))
+    full = since(st)
+    if begin is None:
+        return ids, full
+    return ids, max(full, dt.datetime.fromtimestamp(begin, dt.timezone.utc))
+
+
 class Records(Work):
     """Part of a poll: the records of one scheduler query applied to the runs' attempts."""
 
-    def apply(self, records: list[JobRecord], asked_at: float) -> None:
-        """Bring every attempt up to what accounting says (allocations in submission order)."""
+    def apply(self, records: list[JobRecord], asked_at: float, asked_from: dt.datetime | None = None) -> None:
+        """Bring every attempt up to what accounting says (allocations in submission order);
+        ``asked_from``: the query's window began then (None: with the experiment)."""
+        self.asked_from = asked_from.timestamp() if asked_from else None
         explicit: dict[str, list[JobRecord]] = defaultdict(list)
         collapsed: dict[str, JobRecord] = {}
         arrays_seen: set[str] = set()
@@ -44,8 +86,9 @@ class Records(Work):
         sidecar = self.st.get("sidecar") or {}
         if explicit.get(str(sidecar.get("job_id"))):
             sidecar["state"] = explicit[str(sidecar["job_id"])][-1].state
-        for name, run in self.st["runs"].items():
-            if run["attempts"]:
+        listed = explicit.keys() | collapsed.keys()
+        for name, run in self.st["runs"].items():  # only runs the answer or a watched attempt concerns
+            if any(a["job_id"] in listed or watched(a, self.now) for a in run["attempts"]):
                 self._apply_run(name, run, explicit, collapsed, arrays_seen)
 
     def _apply_run(self, name: str, run: Run, explicit: dict[str, list[JobRecord]],
@@ -53,7 +96,9 @@ class Records(Work):
         attempts = run["attempts"]
         logged_from = len(attempts) - 1  # earlier attempts change silently (they are not the run's state)
         current = attempts[-1]
-        have = sum(1 for a in attempts if a["job_id"] == current["job_id"])
+        first = {job_id: first_listed([a for a in attempts if a["job_id"] == job_id], explicit.get(job_id, []))
+                 for job_id in {a["job_id"] for a in attempts}}
+        have = sum(1 for a in attempts if a["job_id"] == current["job_id"]) - first[current["job_id"]]
         for record in explicit.get(current["job_id"], [])[have:]:  # Slurm requeued it: a new allocation
             attempts.append(model.requeued_attempt(attempts[-1], record.submitted))
         new = len(attempts) - (logged_from + 1)
@@ -62,10 +107,10 @@ class Records(Work):
         for k, attempt in enumerate(attempts):
             job_id = attempt["job_id"]
             allocations = explicit.get(job_id) or ([collapsed[job_id]] if job_id in collapsed else [])
-            nth = seen[job_id]
+            nth = seen[job_id] - first[job_id]
             seen[job_id] += 1
             steps: list[str] = []
-            if nth < len(allocations):
+            if 0 <= nth < len(allocations):
                 attempt.pop("missing_since", None)
                 steps = self._update(attempt, allocations[nth])
             elif not allocations and nth == 0:
@@ -102,13 +147,35 @@ class Records(Work):
 
     def _missing(self, attempt: Attempt, array_known: bool) -> list[str]:
         """A task accounting no longer lists: scancel of a pending task leaves no row at all."""
-        if attempt.get("ended_seen") or not array_known:
+        if attempt.get("ended_seen"):
             attempt.pop("missing_since", None)
             return []
-        since = attempt.setdefault("missing_since", self.when)
+        began = clock.epoch(attempt.get("submitted"))
+        covered = self.asked_from is None or (began is not None and self.asked_from <= began - WINDOW_MARGIN)
+        if covered and not array_known:
+            attempt.pop("missing_since", None)
+            return []
+        since = attempt.setdefault("missing_since", self.when)  # the next window reaches back to it
+        if not covered:
+            return []
         if self.now - (clock.epoch(since) or self.now) < max(VANISH_GRACE, 3 * self.settings.interval):
             return []
         ghost = JobRecord(job_id=attempt["job_id"], state="CANCELLED", completed=self.when,
                           reason="(no longer in the queue or in accounting)")
         return self._update(attempt, ghost)
 
+
+
+def first_listed(same: list[Attempt], listed: list[JobRecord]) -> int:
+    """Which of a task's attempts (``same``, one per allocation) the first listed allocation is:
+    a narrow window leaves out allocations that ended before it. By submission time; one newer
+    than every attempt seen ended is a requeue; else the first (a full answer)."""
+    if not listed or not listed[0].submitted or not same:
+        return 0
+    submitted = listed[0].submitted
+    for j in range(len(same) - 1, -1, -1):
+        if same[j].get("submitted") == submitted:
+            return j
+    if all(a.get("ended_seen") and (a.get("submitted") or "") < submitted for a in same):
+        return len(same)
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Hashable
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,19 @@ from ..clock import iso
 from ..model import Attempt, Run, State
 from ..scheduler import Scheduler
 from .settings import Settings
+
+
+@dataclass
+class Watch:
+    """The next query's targets, and what a poll must see unchanged to skip the state."""
+
+    ids: list[str]
+    since: dt.datetime
+    stamp: tuple[int, int, int] | None = None  # state.json (inode, size, mtime) as the poll wrote it
+    answer: frozenset[Hashable] | None = None  # the applied answer, without elapsed times
+    logs: dict[str, int | None] = field(default_factory=dict)  # log still read -> its size then
+    due: float = 0.0  # epoch: a full poll by then, whatever the answer
+    quiet: int = 0  # polls since the last full one that found nothing new
 
 
 @dataclass
@@ -31,7 +45,8 @@ class PollResult:
     events: int = 0
     retried: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-    targets: tuple[list[str], dt.datetime] | None = None  # the next query's (job ids, since), as written
+    quiet: bool = False  # nothing new: state.json left alone, only the heartbeat renewed
+    targets: Watch | None = None  # the next query's targets, and what this poll saw (the loop keeps it)
 
 
 class Work:

@@ -1,0 +1,78 @@
+"""A poll that learns nothing new writes nothing: what the sidecar keeps between polls to know it.
+
+After each poll that applied its answer (a full poll), the loop keeps a :class:`.work.Watch`: what the
+next query asks (the arrays with a watched task, since when), that answer without its elapsed
+times, the size of every log still read, state.json's identity as this poll wrote it, and when a
+rule that counts time (a stall, a requeue's grace, a task missing from accounting) could next fire.
+The next poll asks the scheduler exactly as a full one would; if the answer, the logs and the
+state file are all as they were and nothing is due, it renews only the heartbeat file
+(:func:`autoexp.statefile.beat`) and leaves state.json, the summary and events.log alone. Anything
+else, or :data:`FULL_EVERY` without a full poll, makes it a full poll, which reads, applies and
+writes as always.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+from .. import statefile
+from ..clock import epoch
+from ..model import State
+from ..scheduler import JobRecord
+from .policy import REQUEUE_GRACE
+from .records import REQUEUE_STATES
+from .settings import Settings
+from .work import Watch
+
+FULL_EVERY = 600  # s: a full poll (state.json written) at least this often, even if nothing changed
+
+
+def unchanged(watch: Watch, exp_dir: Path, records: Sequence[JobRecord], now: float) -> bool:
+    """Nothing to apply: the same answer, no log grown, state.json as written, nothing due."""
+    return watch.stamp is not None and watch.answer is not None and now < watch.due \
+        and statefile.stamp(exp_dir) == watch.stamp and fingerprint(records) == watch.answer \
+        and all(size_of(path) == size for path, size in watch.logs.items())
+
+
+def fingerprint(records: Sequence[JobRecord]) -> frozenset[Hashable]:
+    """An answer as far as it matters: a running task's elapsed time grows at every query."""
+    return frozenset((r.job_id, r.state, r.reason) if r.collapsed else
+                     (r.job_id, r.raw_id, r.state, r.reason, r.submitted, r.started, r.completed, r.exit_code,
+                      r.nodes) for r in records)
+
+
+def size_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def logs_read(st: State, settings: Settings) -> dict[str, int | None]:
+    """The logs a poll still reads (and the size each had when last read)."""
+    if not settings.any_rules():
+        return {}
+    return {c["path"]: c.get("size") for run in st["runs"].values()
+            if (c := run.get("log_cursor")) is not None and not c.get("final")}
+
+
+def due(st: State, settings: Settings, now: float) -> float:
+    """When a rule that counts time may next fire: a full poll must look by then."""
+    if st.get("intents") or st.get("done"):
+        return now
+    when = now + FULL_EVERY
+    for run in st["runs"].values():
+        if not run["attempts"]:
+            continue
+        current = run["attempts"][-1]
+        if any(a.get("missing_since") for a in run["attempts"]):
+            return now
+        if current["state"] in REQUEUE_STATES and current.get("ended_seen"):
+            when = min(when, (epoch(current["ended_seen"]) or now) + REQUEUE_GRACE + 1)
+        cursor = run.get("log_cursor")
+        stall = settings.of(run).stall_after
+        if stall and cursor and current["state"] == "RUNNING" and not cursor.get("stalled"):
+            when = min(when, (epoch(cursor.get("grown")) or now) + stall)
+    return when
