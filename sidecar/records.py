@@ -32,11 +32,13 @@ def since(st: State) -> dt.datetime:
     return created - dt.timedelta(seconds=SINCE_MARGIN)
 
 
-def watched(attempt: Attempt, now: float) -> bool:
-    """Whether accounting can still tell something new about this attempt."""
+def watched(attempt: Attempt, now: float, latest: bool = True) -> bool:
+    """Whether accounting can still tell something new about this attempt (Slurm may requeue
+    only a run's ``latest`` one)."""
     if phase(attempt["state"]) < Phase.ENDED or not attempt.get("ended_seen") or attempt.get("missing_since"):
         return True
-    return attempt["state"] in REQUEUE_STATES and now - (clock.epoch(attempt["ended_seen"]) or now) < REQUEUE_WATCH
+    return latest and attempt["state"] in REQUEUE_STATES \
+        and now - (clock.epoch(attempt["ended_seen"]) or now) < REQUEUE_WATCH
 
 
 def window(st: State, now: float) -> tuple[list[str], dt.datetime]:
@@ -47,8 +49,9 @@ def window(st: State, now: float) -> tuple[list[str], dt.datetime]:
     start = model.query_of(st).get("asked")
     begin = start - WINDOW_MARGIN if start else None
     for run in st["runs"].values():
-        for attempt in run["attempts"]:
-            if watched(attempt, now):
+        last = len(run["attempts"]) - 1
+        for k, attempt in enumerate(run["attempts"]):
+            if watched(attempt, now, k == last):
                 arrays.add(attempt["job_id"].split("_")[0])
                 if attempt.get("missing_since") and begin is not None:
                     begin = min(begin, (clock.epoch(attempt.get("submitted")) or 0) - WINDOW_MARGIN)

@@ -65,13 +65,13 @@ def experiment(tmp_path, arrays: dict[str, int]) -> dict:
     return st
 
 
-def apply(tmp_path, st, name_or_text, sched=None, now=None, settings=None):
+def apply(tmp_path, st, name_or_text, sched=None, now=None, settings=None, window=None):
     text = (DATA / name_or_text).read_text() if name_or_text.endswith(".txt") else name_or_text
     work = sidecar.Poll(tmp_path, st, sched or Requeues(tmp_path), settings or sidecar.Settings(interval=1),
                          sidecar.PollResult())
     if now is not None:
         work.now, work.when = now, clock.iso(now)
-    work.apply(parse_sacct(text), time.time())
+    work.apply(parse_sacct(text), time.time(), window)
     return work
 
 
