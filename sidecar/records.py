@@ -21,7 +21,7 @@ from .work import Work
 
 SINCE_MARGIN = 600  # s: accounting is asked from the experiment's creation minus this (clock skew)
 VANISH_GRACE = 60  # s: a task missing from accounting this long was cancelled while pending
-WINDOW_MARGIN = 120  # s: a poll asks from the last applied query minus this (clock skew, accounting lag)
+WINDOW_MARGIN = 60  # s: a poll asks from the last applied query minus this (clock skew; a later end widens it)
 REQUEUE_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "REQUEUED"})  # Slurm may bring these back
 REQUEUE_WATCH = 600  # s: how long an attempt in one of them is still asked about (policy waits 300 s)
 
