@@ -1,6 +1,7 @@
 """The sidecar's cost per poll on the real cluster, and its log-matching speed beside `grep -E`.
 
     python bench/sidecar.py [--sizes 1000 10000] [--run-for 600] [--after 3] [--log-mb 256] [--keep DIR]
+                            [--held 10000 100000]
 
 For each size an experiment of that many tasks (each runs `true`, with the seed's event and metric
 patterns configured) is launched for real; its own sidecar job is cancelled at once and the
@@ -11,6 +12,12 @@ shows them as one collapsed CANCELLED row, not one row each). Per poll it report
 time of the one `sacct` call (a counting shim on PATH checks it is one) and of autoexp's own work
 (parse sacct's output, read state, apply the records, scan logs, write state.json, the summary and
 events.log), and the child's peak RSS. Run it alone on the cluster: other jobs skew the figures.
+
+With --held, experiments of that many held tasks (they stay PENDING: nothing runs) are polled as
+the sidecar polls them: a full poll as before this change (every array, from the experiment's
+beginning, state read, applied and written: the baseline), then a poll with nothing changed, then,
+after 100 tasks are released and have run, the poll that sees those 100 changes, then one more
+with nothing changed. Each with its own CPU, sacct's wall time and rows, and the peak RSS.
 
 Then log matching: --log-mb of synthetic training logs (64 files) scanned by `autoexp.sidecar.logwatch`
 with the seed's patterns, beside `grep -E -c` with the same patterns on the same files.
@@ -35,7 +42,8 @@ import yaml
 
 import autoexp
 from autoexp import backends, model, sidecar, slurm, statefile
-from autoexp.sidecar import logwatch
+from autoexp.sidecar import logwatch, records
+from autoexp.sidecar.work import Watch
 
 EVENTS = [{"name": "nan_loss", "pattern": r"loss[=:]\s*nan", "action": "log"},
           {"name": "checkpoint", "pattern": r"saved checkpoint (?P<path>\S+)"}]
@@ -44,9 +52,11 @@ METRICS = {"loss": r"loss[=:]\s*(?P<value>[-+0-9.eE]+)"}
 GREP = [r"loss[=:][[:space:]]*nan", r"saved checkpoint [^[:space:]]+", r"loss[=:][[:space:]]*[-+0-9.eE]+"]
 
 SHIM = """#!/bin/bash
-echo x >> {count}
-exec {real} "$@"
-"""
+out=$({real} "$@"); rc=$?
+printf '%s\\n' "$out" | grep -c . >> {count}
+[ -n "$out" ] && printf '%s\\n' "$out"
+exit $rc
+"""  # one line per call: the rows it printed
 
 
 # --------------------------------------------------------------------------- polling (child)
@@ -89,10 +99,67 @@ def measure(exp_dir: Path, after: int, every: float, run_for: float) -> None:
         time.sleep(every)
 
 
-def launch(base: Path, n: int) -> Path:
-    config = {"name": f"bench-sidecar-{n}", "output_dir": str(base), "command": "true",
+def held(exp_dir: Path, shim_count: Path, changed: int = 100) -> None:
+    """The four polls of a held experiment (see the module's docstring); one JSON line each."""
+    settings = sidecar.Settings.load(exp_dir)
+    st = statefile.read(exp_dir)
+    sched = backends.get(st["scheduler"], exp_dir)
+    array = st["arrays"][0]["job_id"]
+    real_sacct = os.environ["BENCH_REAL_SACCT"]
+
+    def one(what: str, targets) -> sidecar.PollResult:
+        shim_count.unlink(missing_ok=True)
+        cpu = time.process_time()
+        result = sidecar.poll(exp_dir, sched, settings, targets=targets)
+        own = time.process_time() - cpu
+        rows = [int(x) for x in shim_count.read_text().split()] if shim_count.exists() else []
+        print(json.dumps({"what": what, "own_cpu": own, "sacct_wall": result.query_s, "sacct_calls": len(rows),
+                          "rows": sum(rows), "records": result.records, "changes": result.changes,
+                          "wrote": not result.quiet,
+                          "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+        return result
+
+    base = one("full poll as before (baseline)", Watch([array], records.since(st)))
+    quiet = one("nothing changed", base.targets)
+    quiet = one("nothing changed", quiet.targets)
+    subprocess.run(["scontrol", "release", f"{array}_[0-{changed - 1}]"], check=True, capture_output=True)
+
+    def ended() -> bool:
+        out = subprocess.run([real_sacct, "-n", "-P", "-X", f"--jobs={array}", "--format=JobID,State",
+                              f"--starttime={st['created'][:-1]}"], capture_output=True, text=True).stdout
+        return sum(1 for line in out.splitlines() if line.endswith("|COMPLETED")) >= changed
+    while not ended():
+        time.sleep(1)
+    time.sleep(2)
+    changes = one(f"{changed} changed", quiet.targets)
+    one("nothing changed", changes.targets)
+    one("full poll as before (baseline)", Watch([array], records.since(st)))
+
+
+def held_figures(base: Path, n: int, shim_count: Path) -> list[dict]:
+    exp_dir = launch(base, n, hold=True)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--measure-held", str(exp_dir)], capture_output=True,
+                              text=True, check=True, env={**os.environ, "BENCH_SHIM_COUNT": str(shim_count)})
+    finally:
+        st = statefile.read(exp_dir)
+        subprocess.run(["scancel", *[a["job_id"] for a in st["arrays"]]], capture_output=True)
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def report_held(n: int, rows: list[dict]) -> None:
+    print(f"\n{n} held tasks: per poll, the sidecar's own CPU, sacct (wall, calls, rows), peak RSS so far")
+    print(f"  {'poll':32} {'own cpu':>8} {'sacct wall':>10} {'calls':>5} {'rows':>6} {'changes':>7} "
+          f"{'wrote':>5} {'rss MB':>6}")
+    for r in rows:
+        print(f"  {r['what']:32} {r['own_cpu']:8.3f} {r['sacct_wall']:10.3f} {r['sacct_calls']:>5} {r['rows']:>6} "
+              f"{r['changes']:>7} {r['wrote']!s:>5} {r['rss_mb']:6.0f}")
+
+
+def launch(base: Path, n: int, hold: bool = False) -> Path:
+    config = {"name": f"bench-sidecar-{n}{'-held' if hold else ''}", "output_dir": str(base), "command": "true",
               "sweep": {"grid": {"i": list(range(n))}}, "run_name": "r{{ i }}",
-              "slurm": {"time": "00:05:00", "mem": "100M"},
+              "slurm": {"time": "00:05:00", "mem": "100M", **({"hold": True} if hold else {})},
               "monitor": {"interval": 3600, "events": EVENTS, "metrics": METRICS}}
     path = base / f"bench-{n}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -107,7 +174,7 @@ def poll_figures(exp_dir: Path, after: int, run_for: float, shim_count: Path) ->
                            "--run-for", str(run_for)],
                           capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    calls = len(shim_count.read_text().splitlines()) if shim_count.exists() else 0
+    calls = len(shim_count.read_text().splitlines()) if shim_count.exists() else 0  # one line per call
     for row in rows:
         row["sacct_calls_total"] = calls
     return rows
@@ -185,10 +252,14 @@ def main() -> None:
     parser.add_argument("--run-for", type=float, default=600, help="cancel tasks still waiting after this")
     parser.add_argument("--log-mb", type=int, default=256)
     parser.add_argument("--keep", type=Path, help="keep the experiments here (default: a temporary dir)")
+    parser.add_argument("--held", type=int, nargs="*", default=[10000, 100000])
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-held", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         return measure(args.measure, args.after, every=2.0, run_for=args.run_for)
+    if args.measure_held:
+        return held(args.measure_held, Path(os.environ["BENCH_SHIM_COUNT"]))
     if not shutil.which("sacct"):
         sys.exit("sacct is not on PATH: run cluster/setup.sh first")
     base = Path(args.keep or tempfile.mkdtemp(prefix="bench-sidecar-"))
@@ -197,14 +268,18 @@ def main() -> None:
     shim.mkdir(exist_ok=True)
     (shim / "sacct").write_text(SHIM.format(count=base / "sacct-calls", real=shutil.which("sacct")))
     (shim / "sacct").chmod(0o755)
+    os.environ["BENCH_REAL_SACCT"] = shutil.which("sacct") or "sacct"
     os.environ["PATH"] = f"{shim}:{os.environ['PATH']}"
     try:
+        for n in args.held:
+            report_held(n, held_figures(base, n, base / "sacct-calls"))
         for n in args.sizes:
             exp_dir = launch(base, n)
             report_polls(n, poll_figures(exp_dir, args.after, args.run_for, base / "sacct-calls"))
-        logs = base / "logs"
-        logs.mkdir(exist_ok=True)
-        log_matching(logs, args.log_mb)
+        if args.log_mb:
+            logs = base / "logs"
+            logs.mkdir(exist_ok=True)
+            log_matching(logs, args.log_mb)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -3,8 +3,9 @@ true, through any fault.
 
 One poll (:mod:`.poll`; :func:`reconcile` is the same without a lease, for ``status --refresh``):
 
-1. one scheduler query (``sacct``) covering every array of the experiment and its sidecar job,
-   made without the state lock, since it may take seconds;
+1. one scheduler query (``sacct``) covering the arrays with a task that can still change and the
+   sidecar job, from shortly before the last poll (:func:`.records.window`), made without the
+   state lock, since it may take seconds; an answer with nothing new ends the poll (:mod:`.quiet`);
 2. under the lock: the records are applied to the runs' attempts (:mod:`.records`: STATE_CHANGE
    entries), each started run's log is read from where the last poll stopped (:mod:`.logscan` over
    :mod:`.logwatch`: LOG_EVENT entries, metrics, stalls), the configured actions are taken
@@ -17,7 +18,8 @@ so a sidecar killed at any instant (scancel, kill -9, a lost node) and started a
 truth from the scheduler's accounting and the saved offsets: no transition missed, no event twice.
 
 Only the holder of the lease (:mod:`.lease`) may apply a poll. The lease is ``state["sidecar"]``:
-the holder's job id and a heartbeat renewed every poll. A sidecar finds it is not the holder under
+the holder's job id and a heartbeat renewed every poll (in ``sidecar.heartbeat`` when the poll
+changed nothing: :mod:`.quiet`). A sidecar finds it is not the holder under
 the same lock that would let it write, so two never apply polls at once; a holder whose job ended,
 or whose heartbeat is older than three intervals (and 10 s: liveness.lease_fresh), is dead and its
 lease is taken over. Before its own time limit the sidecar (:mod:`.loop`) submits its successor
