@@ -37,8 +37,8 @@ def watched(attempt: Attempt, now: float, latest: bool = True) -> bool:
     only a run's ``latest`` one)."""
     if phase(attempt["state"]) < Phase.ENDED or not attempt.get("ended_seen") or attempt.get("missing_since"):
         return True
-    return latest and attempt["state"] in REQUEUE_STATES \
-        and now - (clock.epoch(attempt["ended_seen"]) or now) < REQUEUE_WATCH
+    ended = now - (clock.epoch(attempt["ended_seen"]) or now)  # accounting settles an end (exit code) late
+    return ended < WINDOW_MARGIN or (latest and attempt["state"] in REQUEUE_STATES and ended < REQUEUE_WATCH)
 
 
 def window(st: State, now: float) -> tuple[list[str], dt.datetime]:
