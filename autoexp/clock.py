@@ -4,6 +4,7 @@ state.json and as epoch seconds or datetimes where they are compared."""
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -12,6 +13,7 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime(FORMAT)
 
 
+@lru_cache(maxsize=4096)  # a big sweep's tasks share their times (one submission): strptime is slow
 def parse_time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
