@@ -101,8 +101,9 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
             raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
         work = Poll(exp_dir, st, sched, settings, result)
         applied = records is not None and asked_at >= model.query_of(st).get("asked", 0)
-        if applied and records is not None:
-            work.apply(records, asked_at, watch.since)
+        if applied and records is not None:  # what this process applied before need not be again, if the state is its
+            work.apply(records, asked_at, watch.since,
+                       watch.answer if watch.stamp == statefile.stamp(exp_dir) else None)
         work.note_query()
         work.scan_logs()
         work.act()

@@ -22,7 +22,7 @@ from ..clock import epoch
 from ..model import State
 from ..scheduler import JobRecord
 from .policy import REQUEUE_GRACE
-from .records import REQUEUE_STATES
+from .records import REQUEUE_STATES, key
 from .settings import Settings
 from .work import Watch
 
@@ -37,10 +37,8 @@ def unchanged(watch: Watch, exp_dir: Path, records: Sequence[JobRecord], now: fl
 
 
 def fingerprint(records: Sequence[JobRecord]) -> frozenset[Hashable]:
-    """An answer as far as it matters: a running task's elapsed time grows at every query."""
-    return frozenset((r.job_id, r.state, r.reason) if r.collapsed else
-                     (r.job_id, r.raw_id, r.state, r.reason, r.submitted, r.started, r.completed, r.exit_code,
-                      r.nodes) for r in records)
+    """An answer as far as it matters (:func:`.records.key`)."""
+    return frozenset(map(key, records))
 
 
 def size_of(path: str) -> int | None:

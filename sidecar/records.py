@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Hashable
 
 from .. import clock, model
 from ..jobstates import Phase, phase
@@ -68,10 +69,13 @@ def window(st: State, now: float) -> tuple[list[str], dt.datetime]:
 class Records(Work):
     """Part of a poll: the records of one scheduler query applied to the runs' attempts."""
 
-    def apply(self, records: list[JobRecord], asked_at: float, asked_from: dt.datetime | None = None) -> None:
+    def apply(self, records: list[JobRecord], asked_at: float, asked_from: dt.datetime | None = None,
+              applied: frozenset[Hashable] | None = None) -> None:
         """Bring every attempt up to what accounting says (allocations in submission order);
-        ``asked_from``: the query's window began then (None: with the experiment)."""
+        ``asked_from``: the query's window began then (None: with the experiment); ``applied``:
+        the :func:`key` of every record this process applied last time, which need not be again."""
         self.asked_from = asked_from.timestamp() if asked_from else None
+        fresh = None if applied is None else {r.job_id for r in records if key(r) not in applied}
         explicit: dict[str, list[JobRecord]] = defaultdict(list)
         collapsed: dict[str, JobRecord] = {}
         arrays_seen: set[str] = set()
@@ -90,8 +94,9 @@ class Records(Work):
         if explicit.get(str(sidecar.get("job_id"))):
             sidecar["state"] = explicit[str(sidecar["job_id"])][-1].state
         listed = explicit.keys() | collapsed.keys()
-        for name, run in self.st["runs"].items():  # only runs the answer or a watched attempt concerns
-            if any(a["job_id"] in listed or watched(a, self.now) for a in run["attempts"]):
+        for name, run in self.st["runs"].items():  # only runs with news, or a watched attempt not listed
+            if any((a["job_id"] in listed if fresh is None else a["job_id"] in fresh)
+                   or (a["job_id"] not in listed and watched(a, self.now)) for a in run["attempts"]):
                 self._apply_run(name, run, explicit, collapsed, arrays_seen)
 
     def _apply_run(self, name: str, run: Run, explicit: dict[str, list[JobRecord]],
@@ -167,6 +172,14 @@ class Records(Work):
                           reason="(no longer in the queue or in accounting)")
         return self._update(attempt, ghost)
 
+
+
+def key(record: JobRecord) -> Hashable:
+    """A record as far as it matters: a running task's elapsed time grows at every query."""
+    if record.collapsed:
+        return record.job_id, record.state, record.reason
+    return (record.job_id, record.raw_id, record.state, record.reason, record.submitted, record.started,
+            record.completed, record.exit_code, record.nodes)
 
 
 def first_listed(same: list[Attempt], listed: list[JobRecord]) -> int:
