@@ -3,7 +3,8 @@
 After each poll that applied its answer (a full poll), the loop keeps a :class:`.work.Watch`: what the
 next query asks (the arrays with a watched task, since when), that answer without its elapsed
 times, the size of every log still read, state.json's identity as this poll wrote it, and when a
-rule that counts time (a stall, a requeue's grace, a task missing from accounting) could next fire.
+rule that counts time (a stall, a requeue's grace, a task missing from accounting) could next fire,
+or an ended task's array may leave the query.
 The next poll asks the scheduler exactly as a full one would; if the answer, the logs and the
 state file are all as they were and nothing is due, it renews only the heartbeat file
 (:func:`autoexp.statefile.beat`) and leaves state.json, the summary and events.log alone. Anything
@@ -22,7 +23,7 @@ from ..clock import epoch
 from ..model import State
 from ..scheduler import JobRecord
 from .policy import REQUEUE_GRACE
-from .records import REQUEUE_STATES, key
+from .records import REQUEUE_STATES, WINDOW_MARGIN, key
 from .settings import Settings
 from .work import Watch
 
@@ -67,6 +68,8 @@ def due(st: State, settings: Settings, now: float) -> float:
         current = run["attempts"][-1]
         if any(a.get("missing_since") for a in run["attempts"]):
             return now
+        if current.get("ended_seen") and (seen := epoch(current["ended_seen"]) or now) + WINDOW_MARGIN > now:
+            when = min(when, seen + WINDOW_MARGIN + 1)  # its array may then leave the query
         if current["state"] in REQUEUE_STATES and current.get("ended_seen"):
             when = min(when, (epoch(current["ended_seen"]) or now) + REQUEUE_GRACE + 1)
         cursor = run.get("log_cursor")

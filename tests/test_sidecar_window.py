@@ -36,34 +36,39 @@ def test_a_poll_asks_only_for_what_can_still_change_and_a_killed_sidecar_catches
     calls = bin_dir / "calls"
     (bin_dir / "sacct").write_text(RECORDING_SACCT.format(real=shutil.which("sacct"), log=calls))
     (bin_dir / "sacct").chmod(0o755)
-    points = [{"kind": "long", "i": 0}, {"kind": "fail", "i": 0}] + [{"kind": "true", "i": i} for i in range(5)]
+    points = [{"kind": "nodefail", "i": 0}, {"kind": "fail", "i": 0}] + [{"kind": "true", "i": i} for i in range(5)]
     exp = launch(workdir, cleanup, {"name": "window", "sweep": {"list": points}, "run_name": "{{ kind }}{{ i }}",
                                     "monitor": {"interval": 1, "retries": {"max": 1, "on": ["FAILED"]}}},
                  env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     st = wait_for(lambda: (lambda s: s if len(s["arrays"]) == 2 and s["runs"]["fail0"]["state"] == "FAILED"
-                           and s["runs"]["long0"]["state"] == "RUNNING" else None)(read_state(exp)),
-                  timeout=120, what="the retry of fail0 to fail too while long0 runs")
+                           and s["runs"]["nodefail0"]["state"] == "RUNNING" else None)(read_state(exp)),
+                  timeout=120, what="the retry of fail0 to fail too while nodefail0 runs (120 s)")
     first, retry = st["arrays"][0]["job_id"], st["arrays"][1]["job_id"]
 
-    def quiet_and_alive():  # nothing changes while long0 runs: no state write, and still alive
+    def asked():
+        return [line.split() for line in calls.read_text().splitlines()]
+    wait_for(lambda: retry not in asked()[-1][0].split(","), timeout=90,
+             what="the retry's array, ended, to leave the query")
+
+    def quiet_and_alive():  # nothing changes while nodefail0 runs: no state write, and still alive
         age = time.time() - (exp / "state.json").stat().st_mtime
         doc = json.loads(run_cli("status", exp, "--json", check=True).stdout)
         return age > 12 and doc["health"]["sidecar"] == "alive"
     wait_for(quiet_and_alive, timeout=60, what="state.json untouched for 12 s, the sidecar alive")
-    asked = [line.split() for line in calls.read_text().splitlines()]
-    jobs, start, rows = asked[-1][0].split(","), asked[-1][1], int(asked[-1][2])
+    calls_made = asked()
+    jobs, start, rows = calls_made[-1][0].split(","), calls_made[-1][1], int(calls_made[-1][2])
     assert first in jobs and retry not in jobs  # the retry's array has ended: no longer asked about
-    assert start > asked[0][1]  # the window moved on from the experiment's beginning
+    assert start > calls_made[0][1]  # the window moved on from the experiment's beginning
     ended = sum(1 for run in read_state(exp)["runs"].values() for a in run["attempts"]
                 if a["job_id"].startswith(f"{first}_") and (a.get("completed") or "") >= f"{start}Z")
-    assert rows <= 2 + ended  # long0, the sidecar, and only the tasks that ended since the window began
+    assert rows <= 2 + ended  # nodefail0, the sidecar, and only the tasks that ended since the window began
 
     lease = read_state(exp)["sidecar"]["job_id"]
     subprocess.run(["scancel", "--signal=KILL", "--full", lease], check=True, timeout=60)
     wait_for(lambda: sacct_latest([lease]).get(lease, {}).get("state") not in (None, "RUNNING"), timeout=60,
              what="the killed sidecar to end")
-    wait_for(lambda: sacct_latest([first]).get(f"{first}_0", {}).get("state") == "COMPLETED", timeout=120,
-             what="long0 to end while no sidecar watches")
+    wait_for(lambda: sacct_latest([first]).get(f"{first}_0", {}).get("state") == "COMPLETED", timeout=180,
+             what="nodefail0 to end while no sidecar watches")
 
     def resumed():
         proc = run_cli("resume", exp, cwd=workdir)
@@ -73,6 +78,6 @@ def test_a_poll_asks_only_for_what_can_still_change_and_a_killed_sidecar_catches
     wait_state_done(exp, timeout=120)
     wait_sidecars_ended(exp)
     st = assert_agrees_with_sacct(exp)
-    assert changes(st, "long0") == [("PENDING", "RUNNING"), ("RUNNING", "COMPLETED")]  # caught up, once
+    assert changes(st, "nodefail0") == [("PENDING", "RUNNING"), ("RUNNING", "COMPLETED")]  # caught up, once
     assert all(changes(st, f"true{i}")[-1] == ("RUNNING", "COMPLETED") for i in range(5))
     assert [a["state"] for a in st["runs"]["fail0"]["attempts"]] == ["FAILED", "FAILED"]
