@@ -1,9 +1,11 @@
-"""Launch cost on the real cluster: autoexp (plan, launch, sbatch calls) beside one sbatch per run.
+"""Launch cost on the real cluster: autoexp (plan, launch, sbatch calls) beside one sbatch per run
+and beside submitit's ``map_array`` over as many trivial calls.
 
-    python bench/launch.py [--sizes 100 1000 10000] [--baseline-max 10000]
+    python bench/launch.py [--sizes 100 1000 10000] [--baseline-max 10000] [--submitit-max 100000]
 
 Every job is submitted held (--hold) and cancelled right after it is counted, so nothing runs.
-The baseline is what users do without autoexp: a loop of `sbatch run.slurm`, one per run.
+The baselines are what users do without autoexp: a loop of `sbatch run.slurm`, one per run, and
+submitit's `executor.map_array(fn, range(N))` (a peer that also submits arrays; it pickles each call).
 """
 
 from __future__ import annotations
@@ -74,16 +76,29 @@ def baseline(tmp: Path, n: int) -> tuple[float, list[str]]:
     return time.perf_counter() - start, ids
 
 
+def submitit_baseline(tmp: Path, n: int) -> tuple[float, list[str]]:
+    """submitit's ``map_array`` over ``n`` trivial calls, held; its time and its array job ids."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=tmp / f"submitit{n}")
+    executor.update_parameters(time=5, array_parallelism=16, additional_parameters={"hold": True})
+    start = time.perf_counter()
+    jobs = executor.map_array(abs, range(n))
+    took = time.perf_counter() - start
+    return took, sorted({job.job_id.split("_")[0] for job in jobs})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--baseline-max", type=int, default=10000,
                         help="skip the one-sbatch-per-run baseline above this N")
+    parser.add_argument("--submitit-max", type=int, default=100000, help="skip submitit's map_array above this N")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="autoexp-bench-"))
     count = count_sbatch(tmp)
     print(f"{'N':>6} | {'plan s':>7} | {'launch s':>8} | {'sbatch calls':>12} | "
-          f"{'1 sbatch/run s':>14} | {'sbatch calls':>12}")
+          f"{'1 sbatch/run s':>14} | {'sbatch calls':>12} | {'submitit map_array s':>20} | {'sbatch calls':>12}")
     try:
         for n in args.sizes:
             start = time.perf_counter()
@@ -104,7 +119,14 @@ def main() -> None:
                 base = f"{base_s:>14.2f} | {base_calls:>12}"
             else:
                 base = f"{'skipped':>14} | {'-':>12}"
-            print(f"{n:>6} | {plan_s:>7.2f} | {launch_s:>8.2f} | {launch_calls:>12} | {base}", flush=True)
+            if n <= args.submitit_max:
+                peer_s, ids = submitit_baseline(tmp, n)
+                peer_calls = calls(count)
+                cancel(ids)
+                peer = f"{peer_s:>20.2f} | {peer_calls:>12}"
+            else:
+                peer = f"{'skipped':>20} | {'-':>12}"
+            print(f"{n:>6} | {plan_s:>7.2f} | {launch_s:>8.2f} | {launch_calls:>12} | {base} | {peer}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
