@@ -104,7 +104,8 @@ def held(exp_dir: Path, shim_count: Path, changed: int = 100) -> None:
     settings = sidecar.Settings.load(exp_dir)
     st = statefile.read(exp_dir)
     sched = backends.get(st["scheduler"], exp_dir)
-    array = st["arrays"][0]["job_id"]
+    array, created, since = st["arrays"][0]["job_id"], st["created"], records.since(st)
+    del st  # the sidecar holds no state between polls: neither does its stand-in
     real_sacct = os.environ["BENCH_REAL_SACCT"]
 
     def one(what: str, targets) -> sidecar.PollResult:
@@ -119,21 +120,21 @@ def held(exp_dir: Path, shim_count: Path, changed: int = 100) -> None:
                           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
         return result
 
-    base = one("full poll as before (baseline)", Watch([array], records.since(st)))
+    base = one("full poll as before (baseline)", Watch([array], since))
     quiet = one("nothing changed", base.targets)
     quiet = one("nothing changed", quiet.targets)
     subprocess.run(["scontrol", "release", f"{array}_[0-{changed - 1}]"], check=True, capture_output=True)
 
     def ended() -> bool:
         out = subprocess.run([real_sacct, "-n", "-P", "-X", f"--jobs={array}", "--format=JobID,State",
-                              f"--starttime={st['created'][:-1]}"], capture_output=True, text=True).stdout
+                              f"--starttime={created[:-1]}"], capture_output=True, text=True).stdout
         return sum(1 for line in out.splitlines() if line.endswith("|COMPLETED")) >= changed
     while not ended():
         time.sleep(1)
     time.sleep(2)
     changes = one(f"{changed} changed", quiet.targets)
     one("nothing changed", changes.targets)
-    one("full poll as before (baseline)", Watch([array], records.since(st)))
+    one("full poll as before (baseline)", Watch([array], since))
 
 
 def held_figures(base: Path, n: int, shim_count: Path) -> list[dict]:
