@@ -17,7 +17,7 @@ from ..scheduler import JobRecord, Scheduler
 from .lease import LeaseLost, holds
 from .logscan import LogScan
 from .follow import Follow
-from .quiet import due, fingerprint, logs_read, unchanged
+from .quiet import due, fingerprint, logs_read, unchanged, within
 from .records import Records, window
 from .settings import Settings
 from .work import PollResult, Watch
@@ -112,8 +112,9 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
         if lease is not None:
             st["sidecar"]["heartbeat"] = work.when
         work.finish()
-        result.targets = Watch(*query_targets(st), answer=fingerprint(records) if applied and records else None,
-                               logs=logs_read(st, settings), due=due(st, settings, work.now))
+        ids, since = query_targets(st)
+        result.targets = Watch(ids, since, answer=fingerprint(within(records, ids, since)) if applied and records
+                               else None, logs=logs_read(st, settings), due=due(st, settings, work.now))
     result.targets.stamp = written[0] if written else None
     result.work_s = time.monotonic() - started - result.query_s
     return result

@@ -14,12 +14,13 @@ writes as always.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from .. import statefile
-from ..clock import epoch
+from ..clock import epoch, iso
 from ..model import State
 from ..scheduler import JobRecord
 from .policy import REQUEUE_GRACE
@@ -33,13 +34,22 @@ FULL_EVERY = 600  # s: a full poll (state.json written) at least this often, eve
 def unchanged(watch: Watch, exp_dir: Path, records: Sequence[JobRecord], now: float) -> bool:
     """Nothing to apply: the same answer, no log grown, state.json as written, nothing due."""
     return watch.stamp is not None and watch.answer is not None and now < watch.due \
-        and statefile.stamp(exp_dir) == watch.stamp and fingerprint(records) == watch.answer \
+        and statefile.stamp(exp_dir) == watch.stamp \
+        and fingerprint(within(records, watch.ids, watch.since)) == watch.answer \
         and all(size_of(path) == size for path, size in watch.logs.items())
 
 
 def fingerprint(records: Sequence[JobRecord]) -> frozenset[Hashable]:
     """An answer as far as it matters (:func:`.records.key`)."""
     return frozenset(map(key, records))
+
+
+def within(records: Sequence[JobRecord], ids: Sequence[str], since: dt.datetime) -> list[JobRecord]:
+    """The records a query of ``ids`` from ``since`` lists: a poll whose window moved past a task's
+    end does not take the task's absence for news. (sacct already answers so; this also holds
+    for a scheduler that ignores the window.)"""
+    start, asked = iso(since.timestamp()), set(ids)
+    return [r for r in records if (r.array_job or r.job_id) in asked and (r.completed is None or r.completed >= start)]
 
 
 def size_of(path: str) -> int | None:

@@ -93,6 +93,11 @@ def test_an_answer_that_differs_only_in_elapsed_times_is_unchanged(tmp_path):
     assert [r.elapsed_s for r in later if r.state == "RUNNING"] == [9, 9, 9]
     assert quiet.fingerprint(first) == quiet.fingerprint(later)
     assert quiet.fingerprint(first) != quiet.fingerprint(parse_sacct((DATA / "sacct_requeue_running.txt").read_text()))
+    # a window that moved past an end leaves that task out on both sides: not news
+    moved = dt.datetime(2026, 11, 22, 7, 7, 22, tzinfo=dt.timezone.utc)
+    assert [r.job_id for r in quiet.within(first, ["74"], moved)] == ["74_4", "74_5", "74_6", *[f"74_{t}" for t in
+                                                                                               range(4, 12)], "74_2"]
+    assert quiet.within(first, ["75"], moved) == []
     # a collapsed row comes back as the same records, built once
     assert parse_sacct(lines("sacct_pending_range.txt", -1))[0] is parse_sacct(lines("sacct_pending_range.txt", -1))[0]
 
