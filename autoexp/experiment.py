@@ -239,7 +239,7 @@ def _catch_up(exp_dir: Path, st: State, sched: Scheduler) -> None:
     if actions.settle_intents(exp_dir, st, sched):
         raise AutoexpError(f"{exp_dir}: whether an earlier submission was accepted is not known yet "
                            f"(the scheduler does not answer); nothing cancelled, try again")
-    ids, window = query_targets(st)
+    ids, window = query_targets(st, full=True)  # whatever ended, however late accounting learnt it
     if not ids:
         return
     try:

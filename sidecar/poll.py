@@ -18,6 +18,7 @@ from .lease import LeaseLost, holds
 from .logscan import LogScan
 from .follow import Follow
 from .quiet import due, fingerprint, logs_read, unchanged, within
+from . import records
 from .records import Records, window
 from .settings import Settings
 from .work import PollResult, Watch
@@ -120,10 +121,12 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
     return result
 
 
-def query_targets(st: State) -> tuple[list[str], dt.datetime]:
+def query_targets(st: State, full: bool = False) -> tuple[list[str], dt.datetime]:
     """What one query asks about: the arrays with a task that can still change, and the sidecar
-    job, since shortly before the last applied query (:func:`.records.window`)."""
-    return window(st, time.time())
+    job, since shortly before the last applied query (:func:`.records.window`), or with ``full``
+    since the experiment began (what a cancel checks first)."""
+    ids, since = window(st, time.time())
+    return ids, records.since(st) if full else since
 
 
 def backoff(interval: float, failures: int) -> float:
