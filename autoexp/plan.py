@@ -23,7 +23,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from . import actions, model, render, site, stages, statefile, sweep
+from . import arrayspec, model, render, site, stages, statefile, sweep
 from .config import Config
 from .durations import parse_duration
 from .errors import InputError
@@ -120,7 +120,7 @@ class Plan:
             (root / "triggers").mkdir()  # what the sidecar writes for each unit it makes
         (root / "logs").mkdir()
         plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"),
-                              str(Path(self.config.source).absolute().parent))
+                              str(Path(self.config.source).absolute().parent), self.config.get("max_queued"))
         st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
         statefile.write(root, st)
 
@@ -290,7 +290,7 @@ def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, li
     throttle = f"%{config['max_parallel']}" if config.get("max_parallel") else ""
     arrays = [ArrayPlan(script=f"{b.stage}{b.suffix}.sbatch", offset=b.offset,
                         count=max(b.tasks) + 1 if b.tasks else max_array_size,
-                        spec=actions.compress(b.tasks) + (throttle if b.stage != stages.PREPARE else ""),
+                        spec=arrayspec.compress(b.tasks) + (throttle if b.stage != stages.PREPARE else ""),
                         stage=b.stage, trigger=b.trigger) for b in blocks]
     own = {stage: stages.settings(config.data, stage) for stage in {u.stage for u in units + cases}}
     events = {b.stage: {g: render.ShellVar(stages.event_variable(g)) for g in b.trigger["groups"]}
