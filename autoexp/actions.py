@@ -7,6 +7,7 @@ state.json is exactly what the scheduler accepted.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import secrets
 import time
@@ -55,8 +56,9 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     plan = st["plan"]
     given = given or {}
     throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
-    scripts = [exp_dir / a["script"] for a in plan["arrays"]
-               if any(a["offset"] <= st["runs"][n]["index"] < a["offset"] + a["count"] for n in names)]
+    indices = sorted(st["runs"][name]["index"] for name in names)
+    scripts = [exp_dir / a["script"] for a in plan["arrays"]  # those that hold a run of names
+               if bisect.bisect_left(indices, a["offset"]) < bisect.bisect_left(indices, a["offset"] + a["count"])]
     room = sched.room(scripts, plan.get("max_queued")) if names else Room(None)
     free, why = room.free, room.why
     submitted: list[str] = []

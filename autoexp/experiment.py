@@ -303,7 +303,7 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
     """Submit a new sidecar if none is alive; do nothing if one is, or if every run has ended."""
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
-        if not st.get("arrays"):
+        if not st.get("arrays") and not st.get("held"):  # held: launched, but no room for any run yet
             raise InputError("this experiment was planned but never launched: run `autoexp launch` "
                              "with its config", str(exp_dir), "EXP")
         sched = backends.of_experiment(exp_dir, st)

@@ -66,7 +66,7 @@ class Plan:
                 if any(final.iterdir()):
                     raise self.config.error(
                         "name", f"{final} exists and is not an autoexp experiment; choose another name")
-            elif statefile.read(final).get("arrays"):
+            elif launched(statefile.read(final)):
                 raise self.config.error(
                     "name", f"experiment {final} was already launched; use another name, or "
                     "`autoexp retry`/`autoexp resume` on it")
@@ -139,6 +139,12 @@ class Plan:
             lines.append(f"  sbatch --parsable{runs} --array={array.spec} {self.exp_dir / array.script}")
         lines.append(f"  sbatch --parsable{sidecar} {self.exp_dir / 'sidecar.sbatch'}")
         return "\n".join(lines)
+
+
+def launched(st: model.State) -> bool:
+    """An experiment with a submitted array, or runs held for room in the queue (launched, with
+    nothing submitted yet but its sidecar)."""
+    return bool(st.get("arrays") or st.get("held"))
 
 
 # --------------------------------------------------------------------------- rendering

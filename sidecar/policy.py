@@ -46,6 +46,8 @@ class Policy(Work):
     def _submit_held(self, waiting: set[str]) -> None:
         """Submit the runs the site's limits held back (actions.submit_runs), as far as the room
         the tasks that left the queue give: in index order, those held for one reason together."""
+        gone = (SKIPPED, "CANCELLED")  # a held unit skipped, a held run cancelled: owed nothing
+        actions.unhold(self.st, [n for n in self.st.get("held") or {} if self.st["runs"][n]["state"] in gone])
         held = self.st.get("held") or {}
         by_reason: dict[str, list[str]] = {}
         for name in sorted(held, key=lambda n: self.st["runs"][n]["index"]):

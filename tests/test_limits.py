@@ -167,8 +167,10 @@ def test_a_sweep_beyond_max_submit_jobs_completes_within_it(workdir, cleanup):
     """100 runs, 25 may be queued: the launch submits what fits, the sidecar the rest as tasks
     leave the queue; sbatch never refuses; the sidecar killed mid-way and resumed submits no run twice."""
     if subprocess.run(["sacctmgr", "-n", "-P", "show", "qos", f"name={QOS}", "format=name"], capture_output=True,
-                      text=True, timeout=60).stdout.strip() != QOS:
-        pytest.fail(f"the test cluster has no QOS {QOS}: run cluster/setup.sh")
+                      text=True, timeout=60).stdout.strip() != QOS \
+            or "limits" not in parse_config(subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                                           timeout=60).stdout).get("AccountingStorageEnforce", ""):
+        pytest.fail(f"the test cluster does not enforce the QOS {QOS}: run cluster/setup.sh")
     name = f"limits-{uuid.uuid4().hex[:6]}"
     config = {"name": name, "output_dir": str(workdir / "exp"), "command": "sleep 0.5",
               "sweep": {"grid": {"i": list(range(100))}},
