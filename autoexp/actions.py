@@ -29,7 +29,8 @@ NOT_MADE_AFTER = 60
 
 
 def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str,
-                given: dict[str, dict[str, Any]] | None = None, hold: bool = True) -> list[str]:
+                given: dict[str, dict[str, Any]] | None = None, hold: bool = True,
+                room: Room | None = None) -> list[str]:
     """Submit ``names`` as one array per planned array script and resource set, as far as the
     site's limits leave room; record them; return the job ids.
 
@@ -44,9 +45,10 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     The room the site's limits leave (Scheduler.room: MaxSubmitJobs of the association and QOS,
     MaxJobCount, ``max_queued``, less what the user has queued) caps the tasks submitted, and an
     array goes out as the fewest ``--array`` values sbatch takes (arrayspec.split). Runs left out,
-    and those a refusal for a limit (SchedulerFull) leaves out, are held (:func:`hold`, unless not
-    ``hold``: the sidecar's retry rules ask again every poll), as are stage units whose earlier
-    stage is not submitted yet: the sidecar submits them as tasks leave the queue.
+    those a refusal for a limit (SchedulerFull) leaves out, and stage units whose earlier stage is
+    not submitted yet are held in ``st["held"]`` (unless not ``hold``: the sidecar's retry rules
+    ask again every poll), for the sidecar to submit as tasks leave the queue (SUBMIT_HELD).
+    ``room`` is given by a caller that asked already (:func:`room_for`).
 
     With ``max_parallel``, a retry array waits (``afterany``) for the arrays still running, so
     that one cap holds for the whole sweep, not one per array. A stage's unit waits for its earlier
@@ -56,10 +58,7 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     plan = st["plan"]
     given = given or {}
     throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
-    indices = sorted(st["runs"][name]["index"] for name in names)
-    scripts = [exp_dir / a["script"] for a in plan["arrays"]  # those that hold a run of names
-               if bisect.bisect_left(indices, a["offset"]) < bisect.bisect_left(indices, a["offset"] + a["count"])]
-    room = sched.room(scripts, plan.get("max_queued")) if names else Room(None)
+    room = room if room is not None else room_for(exp_dir, st, sched, names)
     free, why = room.free, room.why
     submitted: list[str] = []
     sent: set[str] = set()
@@ -106,6 +105,16 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
                       Reason=why or None, Held=len(st.get("held") or {}),
                       Result="submitted by the sidecar as earlier tasks leave the queue")
     return submitted
+
+
+def room_for(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reserve: int = 0) -> Room:
+    """The room the site's limits leave now for ``names`` (Scheduler.room over the scripts that
+    run them), less ``reserve`` places (a launch asks before its sidecar job goes out: one for it)."""
+    indices = sorted(st["runs"][name]["index"] for name in names)
+    scripts = [Path(exp_dir) / a["script"] for a in st["plan"]["arrays"]  # those that hold a run of names
+               if bisect.bisect_left(indices, a["offset"]) < bisect.bisect_left(indices, a["offset"] + a["count"])]
+    room = sched.room(scripts, st["plan"].get("max_queued")) if names else Room(None)
+    return room if room.free is None else Room(max(0, room.free - reserve), room.why)
 
 
 def _submit_array(exp_dir: Path, st: State, sched: Scheduler, array: PlannedArray, chosen: list[tuple[int, str]],
