@@ -7,6 +7,7 @@ state.json is exactly what the scheduler accepted.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import secrets
 import time
@@ -14,27 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import clock, model, statefile
-from .errors import AutoexpError, SchedulerTimeout
+from . import arrayspec, clock, model, statefile
+from .errors import AutoexpError, SchedulerFull, SchedulerTimeout
 from .jobstates import Phase, phase
-from .model import Intent, State
+from .limits import Room
+from .model import Intent, PlannedArray, State
 from .scheduler import Scheduler, Submission
-
-
-def compress(tasks: Iterable[int]) -> str:
-    """[0, 1, 2, 3, 5, 7, 8] -> "0-3,5,7-8" (an --array value)."""
-    parts: list[str] = []
-    run: list[int] = []
-    for task in sorted(set(tasks)):
-        if run and task == run[-1] + 1:
-            run.append(task)
-            continue
-        if run:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [task]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(parts)
 
 
 # s: an intent the scheduler does not know of is dropped only this long after it was made: a
@@ -43,9 +29,10 @@ NOT_MADE_AFTER = 60
 
 
 def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reason: str,
-                given: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    """Submit ``names`` as one array per planned array script and resource set; record them;
-    return the job ids.
+                given: dict[str, dict[str, Any]] | None = None, hold: bool = True,
+                room: Room | None = None) -> list[str]:
+    """Submit ``names`` as one array per planned array script and resource set, as far as the
+    site's limits leave room; record them; return the job ids.
 
     Each run's attempt number is one more than its attempts so far; ``given`` (by run name) is
     what a retry rule changed for it (sidecar/remedies.py): runs given other resources go out as
@@ -55,6 +42,14 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     submission the arrays this call already submitted are cancelled and the error is raised; on
     a timed-out one (SchedulerTimeout) its intent stays, to be settled by the next caller.
 
+    The room the site's limits leave (Scheduler.room: MaxSubmitJobs of the association and QOS,
+    MaxJobCount, ``max_queued``, less what the user has queued) caps the tasks submitted, and an
+    array goes out as the fewest ``--array`` values sbatch takes (arrayspec.split). Runs left out,
+    those a refusal for a limit (SchedulerFull) leaves out, and stage units whose earlier stage is
+    not submitted yet are held in ``st["held"]`` (unless not ``hold``: the sidecar's retry rules
+    ask again every poll), for the sidecar to submit as tasks leave the queue (SUBMIT_HELD).
+    ``room`` is given by a caller that asked already (:func:`room_for`).
+
     With ``max_parallel``, a retry array waits (``afterany``) for the arrays still running, so
     that one cap holds for the whole sweep, not one per array. A stage's unit waits for its earlier
     stages (:func:`stage_waits`): runs that wait for different jobs go out as different arrays.
@@ -62,53 +57,38 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     exp_dir = Path(exp_dir)
     plan = st["plan"]
     given = given or {}
-    tracked = reason != "launch"  # a launch is all or nothing: its state is written only if it all went out
     throttle = f"%{plan['max_parallel']}" if plan.get("max_parallel") else ""
+    room = room if room is not None else room_for(exp_dir, st, sched, names)
+    free, why = room.free, room.why
     submitted: list[str] = []
+    sent: set[str] = set()
     try:
         previous = None
         for array in plan["arrays"]:
             lo, hi = array["offset"], array["offset"] + array["count"]
             sets: dict[tuple[tuple[str, ...], str], list[tuple[int, str]]] = {}
             for name in names:
-                if lo <= st["runs"][name]["index"] < hi:
+                ready = all(st["runs"][other]["job_id"] for other in st["runs"][name].get("after") or [])
+                if lo <= st["runs"][name]["index"] < hi and ready:
                     key = (tuple(resource_options(given.get(name))), stage_waits(st, name))
                     sets.setdefault(key, []).append((st["runs"][name]["index"], name))
             for (resources, waits), chosen in sorted(sets.items()):
-                chosen.sort()
-                attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
-                spec = compress(index - lo for index, _ in chosen) + throttle
-                env = {}
-                if any(a != 1 for a in attempts.values()):
-                    common = max(set(attempts.values()), key=list(attempts.values()).count)
-                    env["AUTOEXP_ATTEMPTS"] = " ".join(
-                        [f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
-                after = [previous] if reason == "launch" and array.get("after_previous") and previous else \
-                    running_arrays(st) if reason != "launch" and throttle else []
-                dependency = ",".join(filter(None, [f"afterany:{':'.join(after)}" if after else "", waits]))
-                options = [f"--dependency={dependency}"] if dependency else []
-                intent = model.new_intent(secrets.token_hex(6), array["script"], lo,
-                                          [(i, n, attempts[i]) for i, n in chosen], spec, reason)
-                if resources:
-                    intent["given"] = {n: given[n] for _, n in chosen}
-                intents = st.setdefault("intents", []) if tracked else []
-                intents.append(intent)
-                if tracked:
-                    statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
-                try:
-                    job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
-                                                     options=[*options, *resources],
-                                                     tag=intent["tag"] if tracked else None))
-                except SchedulerTimeout as err:
-                    intent["unknown"] = str(err)
-                    raise
-                except BaseException:
-                    intents.remove(intent)
-                    raise
-                intents.remove(intent)
-                submitted.append(job_id)
-                previous = job_id
-                _record_array(exp_dir, st, job_id, intent)
+                by_task = {index - lo: (index, name) for index, name in chosen}
+                for tasks in arrayspec.split(by_task, free, arrayspec.MAX_SPEC - len(throttle)):
+                    after = [previous] if reason == "launch" and array.get("after_previous") and previous else \
+                        running_arrays(st) if reason != "launch" and throttle else []
+                    try:
+                        job_id = _submit_array(exp_dir, st, sched, array, [by_task[t] for t in tasks],
+                                               arrayspec.compress(tasks) + throttle, reason, resources,
+                                               ",".join(filter(None, [f"afterany:{':'.join(after)}" if after else "",
+                                                                      waits])), given)
+                    except SchedulerFull as err:
+                        free, why = 0, str(err)
+                        break
+                    submitted.append(job_id)
+                    previous = job_id
+                    sent.update(by_task[t][1] for t in tasks)
+                    free = None if free is None else free - len(tasks)
     except BaseException:
         if submitted:
             try:
@@ -116,7 +96,80 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
             except AutoexpError:
                 pass
         raise
+    unhold(st, sent)
+    left = [name for name in names if name not in sent]
+    if left and hold:
+        new = _hold(st, left, reason, why or "an earlier stage is not submitted yet")
+        if new:
+            model.log(st, "SUBMIT_HELD", f"{len(new)} runs" if len(new) > 5 else ", ".join(new),
+                      Reason=why or None, Held=len(st.get("held") or {}),
+                      Result="submitted by the sidecar as earlier tasks leave the queue")
     return submitted
+
+
+def room_for(exp_dir: Path, st: State, sched: Scheduler, names: list[str], reserve: int = 0) -> Room:
+    """The room the site's limits leave now for ``names`` (Scheduler.room over the scripts that
+    run them), less ``reserve`` places (a launch asks before its sidecar job goes out: one for it)."""
+    indices = sorted(st["runs"][name]["index"] for name in names)
+    scripts = [Path(exp_dir) / a["script"] for a in st["plan"]["arrays"]  # those that hold a run of names
+               if bisect.bisect_left(indices, a["offset"]) < bisect.bisect_left(indices, a["offset"] + a["count"])]
+    room = sched.room(scripts, st["plan"].get("max_queued")) if names else Room(None)
+    return room if room.free is None else Room(max(0, room.free - reserve), room.why)
+
+
+def _submit_array(exp_dir: Path, st: State, sched: Scheduler, array: PlannedArray, chosen: list[tuple[int, str]],
+                  spec: str, reason: str, resources: tuple[str, ...], dependency: str,
+                  given: dict[str, dict[str, Any]]) -> str:
+    """One sbatch of ``chosen`` (run index, name) as tasks ``spec`` of a planned array, written as
+    an intent first (after the launch) and recorded once accepted."""
+    tracked = reason != "launch"  # a launch is all or nothing: its state is written only if it all went out
+    lo = array["offset"]
+    attempts = {index: len(st["runs"][name]["attempts"]) + 1 for index, name in chosen}
+    env = {}
+    if any(a != 1 for a in attempts.values()):
+        common = max(set(attempts.values()), key=list(attempts.values()).count)
+        env["AUTOEXP_ATTEMPTS"] = " ".join([f"*:{common}"] + [f"{i}:{a}" for i, a in attempts.items() if a != common])
+    options = [f"--dependency={dependency}"] if dependency else []
+    intent = model.new_intent(secrets.token_hex(6), array["script"], lo,
+                              [(i, n, attempts[i]) for i, n in chosen], spec, reason)
+    if resources:
+        intent["given"] = {n: given[n] for _, n in chosen}
+    intents = st.setdefault("intents", []) if tracked else []
+    intents.append(intent)
+    if tracked:
+        statefile.write(exp_dir, st)  # the intent is on disk before sbatch can accept anything
+    try:
+        job_id = sched.submit(Submission(exp_dir / array["script"], array=spec, env=env,
+                                         options=[*options, *resources], tag=intent["tag"] if tracked else None))
+    except SchedulerTimeout as err:
+        intent["unknown"] = str(err)
+        raise
+    except BaseException:
+        intents.remove(intent)
+        raise
+    intents.remove(intent)
+    _record_array(exp_dir, st, job_id, intent)
+    return job_id
+
+
+def _hold(st: State, names: list[str], reason: str, why: str) -> list[str]:
+    """Runs owed a submission (for ``reason``) that the site's limits (``why``) leave no room for
+    now; the sidecar submits them as tasks leave the queue. Returns those newly held."""
+    held = st.setdefault("held", {})
+    new = [name for name in names if name not in held]
+    held.update((name, held.get(name, reason)) for name in names)
+    st["limits"] = why
+    return new
+
+
+def unhold(st: State, names: Iterable[str]) -> None:
+    """Runs submitted or cancelled: no longer owed a submission."""
+    held = st.get("held") or {}
+    for name in names:
+        held.pop(name, None)
+    if not held:
+        st.pop("held", None)
+        st.pop("limits", None)
 
 
 def resource_options(given: dict[str, Any] | None) -> list[str]:
@@ -227,6 +280,7 @@ def cancel_runs(st: State, sched: Scheduler, names: list[str], reason: str,
     ids = job_ids if job_ids is not None else [st["runs"][n]["job_id"] or "" for n in names
                                                if st["runs"][n].get("job_id")]
     sched.cancel(ids)
+    unhold(st, names)
     when = clock.now()
     for name in names:
         run = st["runs"][name]

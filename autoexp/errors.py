@@ -28,3 +28,8 @@ class SchedulerError(AutoexpError):
 class SchedulerTimeout(SchedulerError):
     """The scheduler did not answer in time: what it was asked may or may not have been done (a
     timed-out sbatch is "unknown", not "refused")."""
+
+
+class SchedulerFull(SchedulerError):
+    """The scheduler refused a submission for a limit on queued jobs: no room now, not a failure
+    (the sidecar submits the runs when tasks have left the queue)."""

@@ -74,10 +74,13 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
     exp_dir = built.write()
     # The sidecar goes first so that it does not queue behind its own array; the lock is held
     # across the submissions, so its first poll waits until every id is recorded.
+    # The site's limits are read before the sidecar goes out (one place left for it): asking takes
+    # a moment, in which a sidecar of a launch that then fails would start and take the lease.
     with statefile.locked(exp_dir) as st:
+        room = actions.room_for(exp_dir, st, sched, list(st["runs"]), reserve=1)
         result.sidecar = actions.submit_sidecar(exp_dir, st, sched)
         try:
-            result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch")
+            result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch", room=room)
         except BaseException:
             sched.cancel([result.sidecar])
             raise
@@ -303,7 +306,7 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
     """Submit a new sidecar if none is alive; do nothing if one is, or if every run has ended."""
     exp_dir = find(exp, output)
     with statefile.locked(exp_dir) as st:
-        if not st.get("arrays"):
+        if not st.get("arrays") and not st.get("held"):  # held: launched, but no room for any run yet
             raise InputError("this experiment was planned but never launched: run `autoexp launch` "
                              "with its config", str(exp_dir), "EXP")
         sched = backends.of_experiment(exp_dir, st)

@@ -28,6 +28,7 @@ import shutil
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ from . import clock, experiment, model, statefile
 from .durations import slurm_time_seconds
 from .errors import AutoexpError, InputError, SchedulerError
 from .jobstates import TERMINAL
+from .limits import Room
 from .run import CurrentRun, current_run
 from .scheduler import Submission, expand_range
 from .slurm import SlurmScheduler
@@ -136,6 +138,10 @@ class Submitter(SlurmScheduler):
                 job = task
             self.jobs[run["name"]] = job
         return array_job
+
+    def room(self, scripts: Sequence[Path], max_queued: int | None) -> Room:
+        """A function sweep is launched whole (submitit's batch): a site's limit refuses it."""
+        return Room(None)
 
     def executor(self, script: Path):
         """submitit's executor with the ``#SBATCH`` lines of ``script``, which its job script runs

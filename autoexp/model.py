@@ -160,6 +160,7 @@ class Plan(TypedDict):
     sidecar: str  # the sidecar's script
     max_parallel: int | None
     config_dir: NotRequired[str]  # the config file's directory (templates re-rendered for a retry)
+    max_queued: NotRequired[int | None]  # the config's cap on queued tasks (autoexp/limits.py)
 
 
 class Query(TypedDict, total=False):
@@ -196,6 +197,8 @@ class State(TypedDict):
     query: NotRequired[Query]
     events_log: NotRequired[EventsMark]
     ended_by: NotRequired[str]  # why the experiment ended before its runs did (a failed prepare step)
+    held: NotRequired[dict[str, str]]  # run -> why it is owed a submission the site's limits left no room for
+    limits: NotRequired[str]  # the limit that last held runs back (actions.hold)
 
 
 class PlannedRun(Protocol):
@@ -233,7 +236,8 @@ def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, schedul
     return state
 
 
-def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None, config_dir: str) -> Plan:
+def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None, config_dir: str,
+             max_queued: int | None = None) -> Plan:
     planned: list[PlannedArray] = []
     for a in arrays:
         array: PlannedArray = {"script": a.script, "offset": a.offset, "count": a.count, "spec": a.spec,
@@ -243,7 +247,8 @@ def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None
         if a.trigger:
             array["trigger"] = a.trigger
         planned.append(array)
-    return {"arrays": planned, "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir}
+    return {"arrays": planned, "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir,
+            "max_queued": max_queued}
 
 
 def query_of(state: State) -> Query:

@@ -23,7 +23,7 @@ import jinja2
 import jinja2.meta
 import jinja2.nodes
 
-from . import actions, model, render, site, stages, statefile, sweep
+from . import arrayspec, model, render, site, stages, statefile, sweep
 from .config import Config
 from .durations import parse_duration
 from .errors import InputError
@@ -66,7 +66,7 @@ class Plan:
                 if any(final.iterdir()):
                     raise self.config.error(
                         "name", f"{final} exists and is not an autoexp experiment; choose another name")
-            elif statefile.read(final).get("arrays"):
+            elif launched(statefile.read(final)):
                 raise self.config.error(
                     "name", f"experiment {final} was already launched; use another name, or "
                     "`autoexp retry`/`autoexp resume` on it")
@@ -120,7 +120,7 @@ class Plan:
             (root / "triggers").mkdir()  # what the sidecar writes for each unit it makes
         (root / "logs").mkdir()
         plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"),
-                              str(Path(self.config.source).absolute().parent))
+                              str(Path(self.config.source).absolute().parent), self.config.get("max_queued"))
         st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
         statefile.write(root, st)
 
@@ -139,6 +139,12 @@ class Plan:
             lines.append(f"  sbatch --parsable{runs} --array={array.spec} {self.exp_dir / array.script}")
         lines.append(f"  sbatch --parsable{sidecar} {self.exp_dir / 'sidecar.sbatch'}")
         return "\n".join(lines)
+
+
+def launched(st: model.State) -> bool:
+    """An experiment with a submitted array, or runs held for room in the queue (launched, with
+    nothing submitted yet but its sidecar)."""
+    return bool(st.get("arrays") or st.get("held"))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -290,7 +296,7 @@ def staged(config: Config, exp_dir: Path, max_array_size: int) -> tuple[list, li
     throttle = f"%{config['max_parallel']}" if config.get("max_parallel") else ""
     arrays = [ArrayPlan(script=f"{b.stage}{b.suffix}.sbatch", offset=b.offset,
                         count=max(b.tasks) + 1 if b.tasks else max_array_size,
-                        spec=actions.compress(b.tasks) + (throttle if b.stage != stages.PREPARE else ""),
+                        spec=arrayspec.compress(b.tasks) + (throttle if b.stage != stages.PREPARE else ""),
                         stage=b.stage, trigger=b.trigger) for b in blocks]
     own = {stage: stages.settings(config.data, stage) for stage in {u.stage for u in units + cases}}
     events = {b.stage: {g: render.ShellVar(stages.event_variable(g)) for g in b.trigger["groups"]}

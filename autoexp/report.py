@@ -104,6 +104,8 @@ def summary(state: State) -> str:
         lines.append(f"Arrays: {arrays}.")
     if state.get("ended_by"):
         lines.append(f"Ended early: {state['ended_by']}.")
+    if state.get("held"):
+        lines.append(held_text(state) + ".")
     for title, rows in tables(state):
         axis = list(dict.fromkeys(k for _, run in rows for k in run.get("axis") or {}))
         first = ["Run", *(k.capitalize() for k in axis)] if axis else ["Run Name"]
@@ -127,6 +129,13 @@ def summary(state: State) -> str:
         lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out` (a stage's too); events in "
                      "`events.log`; curves, parameters and a timeline in `report.html`.")
     return "\n".join(lines) + "\n"
+
+
+def held_text(state: State | dict) -> str:
+    """``37 runs not yet submitted (MaxSubmitJobsPerUser of QOS q: 25, 25 queued): ...``."""
+    why = f" ({state['limits']})" if state.get("limits") else ""
+    return f"{len(state.get('held') or {})} runs not yet submitted{why}: the sidecar submits them as " \
+        "earlier tasks leave the queue"
 
 
 def tables(state: State) -> list[tuple[str, list[tuple[str, Run]]]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .jobstates import TERMINAL
+from .limits import Room
 
 
 @dataclass
@@ -75,6 +76,11 @@ class Scheduler(abc.ABC):
     @abc.abstractmethod
     def max_array_size(self) -> int:
         """Task ids of one array must be below this."""
+
+    def room(self, scripts: Sequence[Path], max_queued: int | None) -> Room:
+        """How many more tasks of these scripts may be queued now, by the tightest limit of any
+        of them (None: no limit known); ``max_queued`` is the config's own cap."""
+        return Room(None)
 
     def find(self, script: Path, tag: str, since: dt.datetime) -> list[str]:
         """The job ids of the submissions of ``script`` that carry ``tag`` (none: it was never

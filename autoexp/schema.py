@@ -150,6 +150,7 @@ EVENT = mapping({
 COMMON_FIELDS: dict[str, Check] = {
     "output_dir": string(),
     "max_parallel": integer(1),
+    "max_queued": integer(1),  # a cap on queued tasks a site documents but does not enforce (limits.py)
     "slurm": sbatch_options(),
     "env": mapping({}, values=scalar, keys=env_name),
     "setup": list_of(string(), allow_scalar=True),

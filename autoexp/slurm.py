@@ -8,6 +8,8 @@ Slurm's own quirks: collapsed pending ranges (``123_[4-999%16]``), steps (``123_
 from __future__ import annotations
 
 import datetime as dt
+import getpass
+import logging
 import os
 import re
 import shlex
@@ -17,8 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import limits
 from .durations import slurm_time_seconds
-from .errors import SchedulerError, SchedulerTimeout
+from .errors import SchedulerError, SchedulerFull, SchedulerTimeout
+from .limits import Limit, Room
 from .scheduler import JobRecord, Scheduler, Submission, expand_range
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
@@ -32,6 +36,7 @@ LOST_ANSWER = re.compile(r"timed out|Unable to contact|Zero Bytes were transmitt
                          r"Socket|Communication connection failure", re.I)
 _ARRAY_ID = re.compile(r"^(\d+)_(\d+)$")
 _ARRAY_PENDING = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
+log = logging.getLogger(__name__)
 _UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")  # SLURM_TIME_FORMAT, in UTC (TZ=UTC)
 
 
@@ -78,6 +83,8 @@ class SlurmScheduler(Scheduler):
             message = (proc.stderr or proc.stdout).strip().replace("\n", " | ")
             if LOST_ANSWER.search(message):
                 raise SchedulerTimeout(f"sbatch {sub.script.name}: {message}; it may have been accepted")
+            if limits.LIMIT_REFUSAL.search(message):
+                raise SchedulerFull(f"sbatch refused {sub.script.name} for a submission limit: {message}")
             raise SchedulerError(f"sbatch refused {sub.script.name}: {message}")
         job_id = proc.stdout.strip().split(";")[0]
         if not job_id.isdigit():
@@ -117,6 +124,23 @@ class SlurmScheduler(Scheduler):
 
     def max_array_size(self) -> int:
         return cluster_max_array_size()
+
+    def room(self, scripts: Sequence[Path], max_queued: int | None) -> Room:
+        """The limits of each script's account, QOS and partition (read once per process), with
+        the user's queued jobs counted by one ``squeue``."""
+        found: list[Limit] = []
+        for script in dict.fromkeys(scripts):
+            directives = script_directives(Path(script))
+            account = directives.get("account") or os.environ.get("SBATCH_ACCOUNT") or ""
+            partition = directives.get("partition") or os.environ.get("SBATCH_PARTITION") or ""
+            found += site_limits(account, directives.get("qos") or os.environ.get("SBATCH_QOS") or "", partition)
+            if max_queued:
+                found.append(Limit(max_queued, f"max_queued{f' in partition {partition}' if partition else ''}",
+                                   partition=partition or None))
+        if not found:
+            return Room(None)
+        queued = run(["squeue", "--noheader", f"--user={getpass.getuser()}", f"--format={limits.QUEUE_FORMAT}"])
+        return limits.room(found, limits.queue(queued.stdout))
 
     def will_requeue(self, state: str, script: Path) -> bool:
         """NODE_FAIL, and PREEMPTED under PreemptMode=REQUEUE, send a requeueable job back to the
@@ -161,6 +185,33 @@ def parse_end_time(text: str) -> dt.datetime | None:
         return dt.datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
     except ValueError:
         return None
+
+
+@lru_cache(maxsize=16)
+def site_limits(account: str, qos: str, partition: str) -> tuple[Limit, ...]:
+    """The controller's MaxJobCount, and MaxSubmitJobs of the user's association with ``account``
+    (else their default account) and of the QOS a job asking for ``qos`` runs in; without an
+    accounting database only the controller's."""
+    found = []
+    max_jobs = cluster_config().get("MaxJobCount", "")
+    if max_jobs.isdigit():
+        found.append(Limit(int(max_jobs), "MaxJobCount of the controller (counting your jobs)"))
+    user = getpass.getuser()
+    try:
+        if not account:
+            account = run(["sacctmgr", "-n", "-P", "show", "user", user, "format=defaultaccount"]).stdout.strip()
+        text = run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", f"format={limits.ASSOC_FIELDS}"]).stdout
+        limit, allowed, default = limits.association(text, account, partition or None)
+        if limit is not None:
+            found.append(Limit(limit, f"MaxSubmitJobs of your association with account {account}", account=account))
+        name = limits.job_qos(qos, allowed, default)
+        per_user = limits.qos_limit(run(["sacctmgr", "-n", "-P", "show", "qos", f"name={name}",
+                                         f"format={limits.QOS_FIELDS}"]).stdout, name)
+        if per_user is not None:
+            found.append(Limit(per_user, f"MaxSubmitJobsPerUser of QOS {name}", qos=name))
+    except SchedulerError as err:
+        log.warning("the accounting database cannot tell the submission limits: %s", err)
+    return tuple(found)
 
 
 def cluster_max_array_size() -> int:

@@ -14,7 +14,8 @@ The JSON document is the state as written by the sidecar with two keys added:
               and 10 s (or a sidecar that stopped before the end), and ``fix`` is then the command
               that repairs it; ``log`` is the stale sidecar's log and ``last_error`` its last line
               when that line reports an error (a sidecar that crashed says why);
-``progress``  ``{"runs", "finished", "failed", "cancelled", "active"}`` from the state's counts.
+``progress``  ``{"runs", "finished", "failed", "cancelled", "active", "held"}`` from the state's counts;
+              ``held``: runs not yet submitted for want of room under the site's limits.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def progress(state: State) -> dict:
     finished = sum(n for s, n in counts.items() if s in TERMINAL)
     return {"runs": sum(counts.values()), "finished": finished,
             "failed": sum(n for s, n in counts.items() if s in FAILED),
-            "cancelled": counts.get("CANCELLED", 0), "active": sum(counts.values()) - finished}
+            "cancelled": counts.get("CANCELLED", 0), "active": sum(counts.values()) - finished,
+            "held": len(state.get("held") or {})}
 
 
 def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None = None) -> dict:
@@ -343,6 +345,8 @@ def render(doc: dict, colour: bool = False, limit: int | None = ROWS_OFF_TERMINA
         lines.append(f"  stage {stage}: {sum(counts.values())} - {counts_text(counts, paint)}")
     if doc.get("ended_by"):
         lines.append(paint(f"ended early: {doc['ended_by']}", "red"))
+    if prog.get("held"):
+        lines.append(paint(report.held_text(doc), "yellow"))
     lines.append("")
     lines += table(doc, paint, now, limit, width)
     return "\n".join(lines) + "\n"

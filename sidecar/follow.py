@@ -146,6 +146,7 @@ class Follow(Policy):
         for name, reason in skip.items():
             previous = runs[name]["state"]
             model.mark_skipped(runs[name], reason, self.when)
+            actions.unhold(self.st, [name])
             model.log(self.st, "SKIP", name, self.when, Previous=previous, Reason=f"waits for {reason}")
         prepare = runs.get(stages.PREPARE)
         if prepare and self.gone(prepare) and not self.st.get("ended_by"):

@@ -37,9 +37,34 @@ class Policy(Work):
             if current and not current.get("cancelled") and self.settled(current) \
                     and remedies.failure_class(current) in self.settings.of(run).retry_on:
                 self._want_retry(name, f"state {remedies.failure_class(current)}", retry)
-        retry = {name: why for name, why in retry.items() if name not in waiting}
+        held = self.st.get("held") or {}
+        retry = {name: why for name, why in retry.items() if name not in waiting and name not in held}
         if retry:
             self._retry(retry)
+        self._submit_held(waiting)
+
+    def _submit_held(self, waiting: set[str]) -> None:
+        """Submit the runs the site's limits held back (actions.submit_runs), as far as the room
+        the tasks that left the queue give: in index order, those held for one reason together."""
+        gone = (SKIPPED, "CANCELLED")  # a held unit skipped, a held run cancelled: owed nothing
+        actions.unhold(self.st, [n for n in self.st.get("held") or {} if self.st["runs"][n]["state"] in gone])
+        held = self.st.get("held") or {}
+        by_reason: dict[str, list[str]] = {}
+        for name in sorted(held, key=lambda n: self.st["runs"][n]["index"]):
+            if name not in waiting:
+                by_reason.setdefault(held[name], []).append(name)
+        for reason, names in by_reason.items():
+            try:
+                actions.submit_runs(self.exp_dir, self.st, self.sched, names,
+                                    "room in the queue" if reason == "launch" else reason)
+            except SchedulerTimeout as err:
+                model.log(self.st, "SUBMIT_UNKNOWN", ", ".join(names[:5]), self.when, Error=str(err),
+                          Result="will look for it by its tag before anything is submitted again")
+                return
+            except AutoexpError as err:
+                model.log(self.st, "SUBMIT_FAILED", f"{len(names)} held runs", self.when, Error=str(err),
+                          Result="will try again next poll")
+                return
 
     def _cancel(self, names: list[str]) -> None:
         reasons = {n: f"event {self.requests[n][1]}" for n in names}
@@ -86,11 +111,12 @@ class Policy(Work):
         active = [runs[n]["attempts"][-1]["job_id"] for n in retry
                   if phase(runs[n]["attempts"][-1]["state"]) < Phase.ENDED]
         reason = ", ".join(sorted(set(retry.values())))
+        before = {name: len(runs[name]["attempts"]) for name in retry}
         try:
             given = self._given(retry)
             if active:
                 self.sched.cancel(active)
-            actions.submit_runs(self.exp_dir, self.st, self.sched, sorted(retry), reason, given)
+            actions.submit_runs(self.exp_dir, self.st, self.sched, sorted(retry), reason, given, hold=False)
         except SchedulerTimeout as err:
             model.log(self.st, "RETRY_UNKNOWN", ", ".join(sorted(retry)), self.when, Error=str(err),
                       Result="will look for it by its tag before anything is submitted again")
@@ -99,10 +125,11 @@ class Policy(Work):
             model.log(self.st, "RETRY_FAILED", ", ".join(sorted(retry)), self.when, Error=str(err),
                       Result="will try again next poll")
             return
-        for name in retry:
+        sent = sorted(name for name in retry if len(runs[name]["attempts"]) > before[name])  # the rest: no room yet
+        for name in sent:
             for attempt in runs[name]["attempts"][:-1]:
                 attempt.setdefault("retry", retry[name])
-        self.result.retried += sorted(retry)
+        self.result.retried += sent
 
     def _given(self, retry: dict[str, str]) -> dict[str, dict[str, Any]]:
         """What each retried run's next attempt gets by the rule of its failure class (a run whose
@@ -123,9 +150,12 @@ class Policy(Work):
         return given
 
     def over(self) -> bool:
-        """Every run's latest attempt settled, and none waits for a retry a rule calls for."""
+        """Every run's latest attempt settled, none waits for a retry a rule calls for, and none
+        for room in the queue (held)."""
+        if self.st.get("held"):
+            return False
         for run in self.st["runs"].values():
-            if run["state"] == SKIPPED:
+            if run["state"] == SKIPPED or (run["state"] == "CANCELLED" and not run["attempts"]):
                 continue
             if not run["attempts"]:
                 return False

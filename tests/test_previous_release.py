@@ -35,7 +35,7 @@ def test_previous_release_shows_and_resumes(tmp_path):
     assert {n: r["state"] for n, r in doc["runs"].items()} == {"ok": "COMPLETED", "bad": "FAILED",
                                                                "long": "RUNNING"}
     assert doc["health"]["sidecar"] == "stale" and doc["health"]["fix"].startswith("autoexp resume")
-    assert doc["progress"] == {"runs": 3, "finished": 2, "failed": 1, "cancelled": 0, "active": 1}
+    assert doc["progress"] == {"runs": 3, "finished": 2, "failed": 1, "cancelled": 0, "active": 1, "held": 0}
     shown = run_cli("status", exp, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "STALE" in shown.stdout and all(name in shown.stdout for name in ("ok", "bad", "long"))

@@ -74,7 +74,7 @@ def test_each_command_is_one_call_returning_plain_data(workdir, cleanup):
                                                               "secs5": "CANCELLED"}
     cli = json.loads(run_cli("status", exp, "--json", check=True).stdout)
     assert cli["runs"] == json.loads(json.dumps(doc["runs"])) and cli["counts"] == doc["counts"]
-    assert doc["progress"] == {"runs": 3, "finished": 3, "failed": 0, "cancelled": 1, "active": 0}
+    assert doc["progress"] == {"runs": 3, "finished": 3, "failed": 0, "cancelled": 1, "active": 0, "held": 0}
 
     retried = autoexp.retry(exp, ["secs5"])
     assert retried["runs"] == ["secs5"] and len(retried["arrays"]) == 1

@@ -137,7 +137,7 @@ def test_json_is_the_state_plus_health_and_progress(workdir):
     state = as_if_running(exp, {"run1": "FAILED", "run2": "RUNNING", "run3": "CANCELLED"})
     doc = status_json(exp)
     assert {k: v for k, v in doc.items() if k not in ("health", "progress")} == state
-    assert doc["progress"] == {"runs": 6, "finished": 5, "failed": 1, "cancelled": 1, "active": 1}
+    assert doc["progress"] == {"runs": 6, "finished": 5, "failed": 1, "cancelled": 1, "active": 1, "held": 0}
     assert sum(doc["counts"].values()) == len(doc["runs"]) == 6
     assert set(doc["health"]) == {"sidecar", "job_id", "host", "heartbeat", "stopped", "age_s", "interval_s",
                                   "stale_after_s", "fix", "log", "last_error"}
