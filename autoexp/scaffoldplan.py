@@ -244,7 +244,7 @@ def render(built: Built, scripts: list[list[Script]], tasks: list[dict]) -> None
         elif len(mail) > 1:
             built.notes.append(f"{array.script}: its runs' scripts ask for different mail (--mail-type, "
                                "--mail-user): the array sends none")
-        built.shapes.append(plan.sbatch_lines(slurm) and " ".join(plan.sbatch_lines(slurm)))
+        built.shapes.append(" ".join(plan.sbatch_lines(slurm)) or "(no #SBATCH lines)")
         built.files[array.script] = template.render(plan.array_context(config, common, k, array, slurm,
                                                                        len(built.units)))
     built.files["tasks.sh"] = env.get_template(plan.TASKS_TEMPLATE).render({**common, "tasks": tasks})
