@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,22 @@ def test_cuda_out_of_memory_is_an_out_of_memory_failure(tmp_path, cleanup):
     train = st["runs"][f"{MODEL}_r1+train"]
     assert train["state"] == "FAILED" and train["attempts"][-1]["failure"] == "OUT_OF_MEMORY"
     assert "out of memory" in (root / "experiment_summary.md").read_text()
+
+
+@slurm_only
+def test_runs_trained_outside_autoexp_are_found(tmp_path, cleanup):
+    """No state.json: what the runs' slurm-*.out files, sacct and the checkpoints say decides."""
+    root = tmp_path / "outside"
+    runs = ["done", "failed", "kept"]
+    write_scaffold(root, tmp_path / "ck", {"failed": "exit 4", "kept": "exit 0"}, runs=runs, control=False)
+    jobs = [subprocess.run(["sbatch", "--parsable", "finetune.slurm"], cwd=root / run, capture_output=True,
+                           text=True, check=True, timeout=60).stdout.strip() for run in runs]
+    wait_for(lambda: all(r[1] not in ("PENDING", "RUNNING") for r in sacct_rows(jobs)) and len(sacct_rows(jobs)) == 3,
+             timeout=120, what="the jobs submitted outside autoexp to end")
+    out = run_cli("launch", root, "--dry-run", *FAST, check=True).stdout
+    assert re.search(rf"skipped {MODEL}_done\+train: trained before: its checkpoint directories exist", out), out
+    assert f"skipped {MODEL}_kept+train: job {jobs[2]} (submitted outside autoexp) is COMPLETED" in out, out
+    assert re.search(rf"sbatch --array=1 .*/train_0\.sbatch'?: {MODEL}_failed\+train$", out, re.M), out
+    # the evaluations of the runs trained already run at once, the failed run's after its training
+    assert re.search(rf"eval_0\.sbatch'?: {MODEL}_done\+eval\S+, {MODEL}_kept\+eval\S+$", out, re.M), out
+    assert re.search(rf"eval_0\.sbatch'? \(each task after .*train_0\.sbatch\): {MODEL}_failed\+eval", out), out
