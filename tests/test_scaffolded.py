@@ -288,8 +288,8 @@ def test_runs_trained_outside_autoexp_are_found(tmp_path, cleanup):
     write_scaffold(root, tmp_path / "ck", {"failed": "exit 4", "kept": "exit 0"}, runs=runs, control=False)
     jobs = [subprocess.run(["sbatch", "--parsable", "finetune.slurm"], cwd=root / run, capture_output=True,
                            text=True, check=True, timeout=60).stdout.strip() for run in runs]
-    wait_for(lambda: all(r[1] not in ("PENDING", "RUNNING") for r in sacct_rows(jobs)) and len(sacct_rows(jobs)) == 3,
-             timeout=120, what="the jobs submitted outside autoexp to end")
+    wait_for(lambda: [r[1] for r in sacct_rows(jobs)] == ["COMPLETED", "FAILED", "COMPLETED"], timeout=120,
+             what="the jobs submitted outside autoexp to end")
     out = run_cli("launch", root, "--dry-run", *FAST, check=True).stdout
     assert re.search(rf"skipped {MODEL}_done\+train: trained before: its checkpoint directories exist", out), out
     assert f"skipped {MODEL}_kept+train: job {jobs[2]} (submitted outside autoexp) is COMPLETED" in out, out
