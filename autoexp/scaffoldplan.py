@@ -97,6 +97,12 @@ class Built:
         record = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"), str(self.root))
         st = model.new_experiment(self.config.name, self.units, self.root, self.scheduler, record)
         st["scaffolded"] = scaffolded.SUMMARY
+        evals = sum(1 for u in self.units if u.stage == EVAL)
+        model.log(st, "DISCOVER_EXPERIMENT", str(self.root / scaffolded.SUMMARY),
+                  Result=f"{len(self.units) - evals} fine-tuning runs, {len(self.controls)} control runs, "
+                         f"{evals} evaluations")
+        model.log(st, "IDENTIFY_RUNS", f"{len(self.arrays)} arrays", Result=f"{len(self.submitted())} units to "
+                  f"submit ({len(self.skipped)} skipped)")
         for name, why in self.skipped.items():
             model.mark_skipped(st["runs"][name], why, clock.now())
             model.log(st, "SKIP", name, Reason=why)

@@ -73,7 +73,7 @@ def tables(state: State) -> dict[str, list[str]]:
         base = axis.get("epoch") == "base"
         evals.append([run.get("point") or name, str(axis.get("task", "-")), "-" if base else str(axis.get("epoch")),
                       _status(run), run.get("job_id") or "-", human_time(run.get("completed")),
-                      "; ".join(filter(lambda t: t != "-", ["Base model" if base else "", _notes(run)])) or "-"])
+                      "; ".join(t for t in ("Base model" if base else "", _notes(run)) if t not in ("", "-")) or "-"])
     if evals:
         out["Evaluations"] = _table(EVAL_HEAD, evals)
     return out
