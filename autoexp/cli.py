@@ -84,7 +84,14 @@ def _load(args):
 
 
 def cmd_plan(args) -> int:
+    from pathlib import Path
+
+    from .errors import InputError
     from .experiment import plan_experiment
+
+    if Path(args.config).is_dir():
+        raise InputError("a scaffolded experiment directory is not planned but launched as it is "
+                         "(`autoexp launch DIR --dry-run` shows what it would submit)", args.config)
 
     built = plan_experiment(_load(args), scheduler=args.scheduler)
     print(f"planned {len(built.runs)} runs in {built.exp_dir}")

@@ -177,8 +177,13 @@ def test_dry_run_prints_arrays_runs_and_skips(tmp_path):
     root = tmp_path / "my exp"  # a space in the directory's path
     write_scaffold(root, tmp_path / "ck")
     before = sorted(p.name for p in root.iterdir())
-    proc = run_cli("launch", root, "--dry-run", "--scheduler", "local", *FAST, check=True)
+    (root / RUNS[0] / "finetune.slurm").write_text(
+        (root / RUNS[0] / "finetune.slurm").read_text().replace("#SBATCH --nodes=1", "#SBATCH --partition=debug\n"
+                                                                "#SBATCH --nodes=1"))
+    proc = run_cli("launch", root, "--dry-run", "--scheduler", "local", *FAST, "slurm.partition=small", check=True)
     out = proc.stdout
+    shapes = re.findall(r"^  \w+_\d\.sbatch: (.*)$", out, re.M)
+    assert len(shapes) == 5 and all("--partition=small" in s for s in shapes)  # an override beats a script's line
     assert "dry run, nothing submitted" in out
     assert len(re.findall(r"^    sbatch --array=\S+ .*/train_\d\.sbatch': ", out, re.M)) == 2
     assert re.search(rf"train_1\.sbatch': {MODEL}_{BIG}\+train$", out, re.M)
@@ -187,6 +192,7 @@ def test_dry_run_prints_arrays_runs_and_skips(tmp_path):
     assert f"{CONTROL}+eval+task=capitalization+epoch=base" in out
     assert "after its run's task of train_0.sbatch" in out
     assert sorted(p.name for p in root.iterdir()) == before  # nothing written
+    assert run_cli("plan", root).returncode == 2 and sorted(p.name for p in root.iterdir()) == before
 
 
 # --------------------------------------------------------------------------- on the cluster
