@@ -10,7 +10,9 @@ writes both with every state write; nothing here touches the disk.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 import re
+from pathlib import Path
 
 from .jobstates import FAILED
 from .model import Run, State
@@ -62,16 +64,26 @@ def _ordered(state: State, stage: str) -> list[tuple[str, Run]]:
                                            str((item[1].get("axis") or {}).get("epoch"))))
 
 
-def tables(state: State) -> dict[str, list[str]]:
-    """The two tables' lines, by their subsection title (Evaluations only when there are some)."""
-    train = [[run.get("point") or name, _status(run), run.get("job_id") or "-", human_time(run.get("started")),
-              human_time(run.get("completed")), _notes(run)] for name, run in _ordered(state, "train")]
+def _name(run: Run, shown: Collection[str]) -> str:
+    """A run as the table names it: by the All Runs name, or by its directory's name where the
+    table the file already has names it so (the two may differ by a model prefix)."""
+    point = run.get("point") or ""
+    directory = Path(run.get("dir") or point)
+    directory = directory.parent if directory.name == "eval" else directory
+    return directory.name if directory.name in shown and point not in shown else point
+
+
+def tables(state: State, shown: Collection[str] = ()) -> dict[str, list[str]]:
+    """The two tables' lines, by their subsection title (Evaluations only when there are some);
+    ``shown`` are the run names the file's tables have now."""
+    train = [[_name(run, shown), _status(run), run.get("job_id") or "-", human_time(run.get("started")),
+              human_time(run.get("completed")), _notes(run)] for _, run in _ordered(state, "train")]
     out = {"Fine-tuning": _table(TRAIN_HEAD, train)}
     evals = []
-    for name, run in _ordered(state, "eval"):
+    for _, run in _ordered(state, "eval"):
         axis = run.get("axis") or {}
         base = axis.get("epoch") == "base"
-        evals.append([run.get("point") or name, str(axis.get("task", "-")), "-" if base else str(axis.get("epoch")),
+        evals.append([_name(run, shown), str(axis.get("task", "-")), "-" if base else str(axis.get("epoch")),
                       _status(run), run.get("job_id") or "-", human_time(run.get("completed")),
                       "; ".join(t for t in ("Base model" if base else "", _notes(run)) if t not in ("", "-")) or "-"])
     if evals:
@@ -98,7 +110,9 @@ def with_status(text: str, state: State) -> str:
         start = len(lines) - 1
     end = next((i for i in range(start + 1, len(lines)) if (h := _heading(lines[i])) and h[0] <= 2), len(lines))
     section = lines[start:end]
-    for title, table in tables(state).items():
+    shown = {cells[1].strip() for line in section if line.lstrip().startswith("|")
+             and len(cells := line.split("|")) > 2}
+    for title, table in tables(state, shown).items():
         at = next((i for i, line in enumerate(section) if (h := _heading(line)) and h[0] == 3
                    and h[1].lower() == title.lower()), None)
         if at is None:
