@@ -116,7 +116,10 @@ def config_for(root: Path, overrides=(), site: str | None = None) -> Config:
     user = {"name": name, "output_dir": str(root.parent), "start_spacing": START_SPACING,
             "stages": {TRAIN: {"command": f"bash {TRAIN_SCRIPT}"},
                        EVAL: {"command": f"bash {EVAL_DIR}/<task>_epoch<N>.slurm", "after": TRAIN}}}
-    return resolve(user, str(root / scaffolded.SUMMARY), root, overrides, site)
+    config = resolve(user, str(root / scaffolded.SUMMARY), root, overrides, site)
+    # The scripts run as they are: a site's launcher (srun) or container does not wrap them.
+    config.data.update(launcher=[], container={})
+    return config
 
 
 def options(config: Config, script: Script) -> dict[str, str | None]:
