@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import actions, backends, clock, experiment, model, plan, scaffolded, statefile
+from . import actions, backends, clock, experiment, model, plan, scaffolded, seedviews, statefile
 from .config import Config, resolve
 from .errors import InputError
 from .experiment import LaunchResult
@@ -80,7 +80,7 @@ class Built:
         return "\n".join(lines)
 
     def write(self) -> model.State:
-        """autoexp's files in the directory, state.json last: its presence marks it launched."""
+        """autoexp's files in the directory, state.json last (its arrays mark it launched)."""
         for rel, content in self.files.items():
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             statefile.atomic_write(self.root / rel, content)
@@ -97,6 +97,9 @@ class Built:
         record = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"), str(self.root))
         st = model.new_experiment(self.config.name, self.units, self.root, self.scheduler, record)
         st["scaffolded"] = scaffolded.SUMMARY
+        log = self.root / seedviews.LOG
+        if log.exists():  # an earlier run's log of the seed's: appended to, never replaced
+            model.events_mark(st)["bytes"] = log.stat().st_size
         evals = sum(1 for u in self.units if u.stage == EVAL)
         model.log(st, "DISCOVER_EXPERIMENT", str(self.root / scaffolded.SUMMARY),
                   Result=f"{len(self.units) - evals} fine-tuning runs, {len(self.controls)} control runs, "
@@ -277,7 +280,8 @@ def launch(directory: str | Path, overrides=(), site: str | None = None, dry_run
     root = Path(directory).expanduser().absolute()
     if (root / statefile.STATE).is_file():
         st = statefile.read(root)
-        return LaunchResult(root, st["scheduler"], dry_run=dry_run, text=launched_text(root, st))
+        if st["arrays"]:  # (a launch killed before its first sbatch was accepted is planned again)
+            return LaunchResult(root, st["scheduler"], dry_run=dry_run, text=launched_text(root, st))
     found = scaffolded.read(root)
     config = config_for(root, overrides, site)
     sched = backends.get(scheduler or backends.default_name(), root)

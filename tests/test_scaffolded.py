@@ -207,6 +207,8 @@ def test_scaffolded_directory_on_the_cluster(tmp_path, cleanup):
     ckpt = tmp_path / "ck"
     flaky = RUNS[1]
     text = write_scaffold(root, ckpt, {flaky: 'if [ ! -e failed_once ]; then touch failed_once; exit 3; fi'})
+    earlier = "[2025-10-24 00:05:00] DISCOVER_EXPERIMENT: Found experiment\nResult: by hand\n\n"
+    (root / "run-torchtune.log").write_text(earlier)  # a log the seed's workflow left: kept, appended to
     cleanup(root)
     proc = run_cli("launch", root, *FAST, check=True)
     assert "launched" in proc.stdout
@@ -253,6 +255,7 @@ def test_scaffolded_directory_on_the_cluster(tmp_path, cleanup):
     assert f"| {CONTROL} | capitalization | - | COMPLETED |" in summary and "Base model" in summary
     assert summary.count("| COMPLETED |") == 5 + 10 + 1
     log = (root / "run-torchtune.log").read_text()
+    assert log.startswith(earlier + "[")
     assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] SUBMIT_ARRAY: train_0\.sbatch$", log, re.M)
     assert re.search(r"^\[[-\d :]+\] STATE_CHANGE: .*\nPrevious: \w+\nCurrent: COMPLETED$", log, re.M)
     assert "ALL_COMPLETE" in log and not (root / "events.log").exists()
