@@ -199,7 +199,8 @@ def directory_of(name: str, dirs: list[str]) -> str | None:
 
 
 def read(root: Path) -> Scaffold:
-    """The directory's runs, in the All Runs table's order (directories it does not name after)."""
+    """The directory's runs, in the All Runs table's order (directories it does not name after:
+    with a finetune.slurm a fine-tuned run, else a control)."""
     root = Path(root).absolute()
     source = root / SUMMARY
     try:
@@ -230,10 +231,11 @@ def read(root: Path) -> Scaffold:
             read_script(root / directory / TRAIN_SCRIPT)
         params = {k: v for k, v in row.items() if k != "Run Name"}
         runs.append(Found(name, directory, control, params, train, evaluations(root / directory)))
-    for directory in dirs:
-        if directory not in used and (root / directory / TRAIN_SCRIPT).is_file():
-            runs.append(Found(directory, directory, False, {}, read_script(root / directory / TRAIN_SCRIPT),
-                              evaluations(root / directory)))
+    for directory in (d for d in dirs if d not in used):  # not in the table: a control without a finetune.slurm
+        trained = (root / directory / TRAIN_SCRIPT).is_file()
+        runs.append(Found(directory, directory, not trained, {},
+                          read_script(root / directory / TRAIN_SCRIPT) if trained else None,
+                          evaluations(root / directory)))
     if not any(run.train or run.evals for run in runs):
         raise InputError(f"no run has a {TRAIN_SCRIPT} or {EVAL_DIR}/*.slurm: nothing to run", str(source),
                          "All Runs")

@@ -157,6 +157,23 @@ def test_bad_directory_is_one_line_exit_2_naming_file_and_key(tmp_path, change, 
     assert not (root / "state.json").exists() and not (root / "tasks.sh").exists()
 
 
+def test_a_directory_slurm_cannot_log_under_is_refused(tmp_path):
+    root = tmp_path / "50%done"
+    write_scaffold(root, tmp_path / "ck")
+    proc = run_cli("launch", root, "--dry-run", "--scheduler", "local")
+    assert proc.returncode == 2 and str(root) in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_a_directory_the_table_does_not_name(tmp_path):
+    root = tmp_path / "exp"
+    write_scaffold(root, tmp_path / "ck", control=False)
+    (root / "extra_base" / "eval").mkdir(parents=True)
+    (root / "extra_base" / "eval" / "arc_base.slurm").write_text("#!/bin/bash\necho\n")
+    found = {r.name: r for r in scaffolded.read(root).runs}
+    assert found["extra_base"].control and found["extra_base"].evals[0].task == "arc"
+    assert len(found) == len(RUNS) + 1
+
+
 def test_status_section_is_rewritten_in_place():
     text = "# T\n\n## Status\n### Fine-tuning\n| Run Name | Status |\n|--|--|\n| a | pending |\n\nkept\n## Next\nx"
     state = {"runs": {"a+train": {"index": 0, "stage": "train", "point": "a", "state": "RUNNING", "job_id": "7_0",
