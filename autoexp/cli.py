@@ -128,9 +128,10 @@ def cmd_launch(args) -> int:
 
 def launch_directory(args) -> int:
     """``autoexp launch DIR``: a scaffolded experiment directory, as it is (autoexp/scaffoldplan.py)."""
-    from .scaffoldplan import launch
+    from .scaffoldplan import launch_directory
 
-    result = launch(args.config, args.overrides, site=args.site, dry_run=args.dry_run, scheduler=args.scheduler)
+    result = launch_directory(args.config, args.overrides, site=args.site, dry_run=args.dry_run,
+                              scheduler=args.scheduler)
     if result.dry_run or not result.sidecar:
         print("dry run, nothing submitted:" if result.dry_run else "nothing to submit:")
         print(result.text)

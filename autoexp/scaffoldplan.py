@@ -274,8 +274,8 @@ def launched_text(root: Path, st: model.State) -> str:
     return "\n".join(lines)
 
 
-def launch(directory: str | Path, overrides=(), site: str | None = None, dry_run: bool = False,
-           scheduler: str | None = None) -> LaunchResult:
+def launch_directory(directory: str | Path, overrides=(), site: str | None = None, dry_run: bool = False,
+                     scheduler: str | None = None) -> LaunchResult:
     """Launch a scaffolded directory as it is; a directory launched before submits nothing."""
     root = Path(directory).expanduser().absolute()
     if (root / statefile.STATE).is_file():

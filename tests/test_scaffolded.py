@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import autoexp
 from autoexp import scaffolded, seedviews
 from autoexp.errors import InputError
 from autoexp.scheduler import expand_range
@@ -210,6 +211,8 @@ def test_dry_run_prints_arrays_runs_and_skips(tmp_path):
     assert "after its run's task of train_0.sbatch" in out
     assert sorted(p.name for p in root.iterdir()) == before  # nothing written
     assert run_cli("plan", root).returncode == 2 and sorted(p.name for p in root.iterdir()) == before
+    api = autoexp.launch_directory(root, [*FAST, "slurm.partition=small"], dry_run=True, scheduler="local")
+    assert api.dry_run and api.text.splitlines() == out.splitlines()[1:] and not api.arrays  # the API says the same
 
 
 # --------------------------------------------------------------------------- on the cluster
