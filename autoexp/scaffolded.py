@@ -136,7 +136,7 @@ def sbatch_options(path: Path, text: str) -> list[tuple[str, str | None]]:
             if word.startswith("--"):
                 key, eq, value = word[2:].partition("=")
                 takes = bool(eq)
-            elif re.fullmatch(r"-[A-Za-z]", word) or re.match(r"^-[A-Za-z].", word):
+            elif re.match(r"^-[A-Za-z]", word):  # -N 1, -N1, -c4
                 key, value, takes = SHORT.get(word[1], word[1]), word[2:], len(word) > 2
             else:
                 raise InputError(f"line {number}: {word!r} is not an option", str(path), "#SBATCH")

@@ -10,8 +10,8 @@ writes both with every state write; nothing here touches the disk.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from .jobstates import FAILED
