@@ -7,8 +7,9 @@ from .run import NotInRunError, current_run
 from .sweepview import metrics, write_report
 
 __all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "NotInRunError", "RunFailed", "SchedulerError",
-           "cancel", "current_run", "experiments", "find", "launch", "launch_function", "load_config", "log_path",
-           "logs", "metrics", "plan_experiment", "results", "resume", "retry", "status", "write_report"]
+           "cancel", "current_run", "experiments", "find", "launch", "launch_directory", "launch_function",
+           "load_config", "log_path", "logs", "metrics", "plan_experiment", "results", "resume", "retry", "status",
+           "write_report"]
 __version__ = "0.1.0"
 
 
@@ -18,6 +19,10 @@ def __getattr__(name: str):
         from .config import Config
 
         return Config
+    if name == "launch_directory":  # a scaffolded experiment directory, as it is
+        from .scaffoldplan import launch_directory
+
+        return launch_directory
     # Not imported with the package: `python -m autoexp.functions` runs it as the task's main module.
     if name in ("launch_function", "results", "RunFailed"):
         from . import functions

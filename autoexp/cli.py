@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("plan", "write the experiment directory; submit nothing"),
                        ("launch", "plan, submit the array(s) and the sidecar, print ids, exit")):
         p = add(name, text)
-        p.add_argument("config", help="the experiment's YAML config")
+        p.add_argument("config", help="the experiment's YAML config" + (
+            ", or a scaffolded experiment directory, launched as it is" if name == "launch" else ""))
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a config key (value is YAML)")
         p.add_argument("--site", help="site config when the file names none")
         p.add_argument("--scheduler", choices=("slurm", "local"), help="default: slurm if sbatch is on PATH")
@@ -83,7 +84,14 @@ def _load(args):
 
 
 def cmd_plan(args) -> int:
+    from pathlib import Path
+
+    from .errors import InputError
     from .experiment import plan_experiment
+
+    if Path(args.config).is_dir():
+        raise InputError("a scaffolded experiment directory is not planned but launched as it is "
+                         "(`autoexp launch DIR --dry-run` shows what it would submit)", args.config)
 
     built = plan_experiment(_load(args), scheduler=args.scheduler)
     print(f"planned {len(built.runs)} runs in {built.exp_dir}")
@@ -95,9 +103,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_launch(args) -> int:
+    from pathlib import Path
+
     from .backends import default_name
     from .experiment import launch
 
+    if Path(args.config).is_dir():
+        return launch_directory(args)
     config = _load(args)
     if not args.scheduler and default_name() == "local":
         print("autoexp: sbatch is not on PATH; running the tasks on this machine (local scheduler)",
@@ -110,6 +122,22 @@ def cmd_launch(args) -> int:
     print(f"launched {config.name} ({result.scheduler}): array job(s) {', '.join(result.arrays)}, "
           f"sidecar job {result.sidecar}")
     print(f"  directory: {result.exp_dir}")
+    print(f"  follow it: autoexp status {result.exp_dir}")
+    return 0
+
+
+def launch_directory(args) -> int:
+    """``autoexp launch DIR``: a scaffolded experiment directory, as it is (autoexp/scaffoldplan.py)."""
+    from .scaffoldplan import launch_directory
+
+    result = launch_directory(args.config, args.overrides, site=args.site, dry_run=args.dry_run,
+                              scheduler=args.scheduler)
+    if result.dry_run or not result.sidecar:
+        print("dry run, nothing submitted:" if result.dry_run else "nothing to submit:")
+        print(result.text)
+        return 0
+    print(f"launched {result.exp_dir} ({result.scheduler}): array job(s) {', '.join(result.arrays)}, "
+          f"sidecar job {result.sidecar}")
     print(f"  follow it: autoexp status {result.exp_dir}")
     return 0
 

@@ -114,8 +114,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
          default_site: str | None = None) -> Config:
     """Read, merge and validate a config; the result is what `plan` writes to config.yaml."""
     path = Path(path)
-    source = str(path)
-    user = read_yaml(path)
+    return resolve(read_yaml(path), str(path), path.parent, overrides, default_site)
+
+
+def resolve(user: dict, source: str, base_dir: Path, overrides: list[str] | tuple[str, ...] = (),
+            default_site: str | None = None) -> Config:
+    """Validate a config's mapping (read from ``source``), overrides over it, a site under it."""
     origins: dict[str, str] = {}
     record(user, origins, source)
     for text in overrides:
@@ -131,7 +135,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise InputError(err.message, source_of(err.path, origins, source), err.path) from None
 
     site_name = user.get("site") or default_site or sites.detect()
-    site = sites.load(site_name, base_dir=path.parent,
+    site = sites.load(site_name, base_dir=base_dir,
                       where=(source_of("site", origins, source), "site"))
     merged_origins: dict[str, str] = {}
     resolved = merge(copy.deepcopy(DEFAULTS), site.values, merged_origins, site.source)

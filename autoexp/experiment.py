@@ -72,19 +72,27 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
         return result
     check_python(config)
     exp_dir = built.write()
-    # The sidecar goes first so that it does not queue behind its own array; the lock is held
-    # across the submissions, so its first poll waits until every id is recorded.
-    # The site's limits are read before the sidecar goes out (one place left for it): asking takes
-    # a moment, in which a sidecar of a launch that then fails would start and take the lease.
-    with statefile.locked(exp_dir) as st:
-        room = actions.room_for(exp_dir, st, sched, list(st["runs"]), reserve=1)
-        result.sidecar = actions.submit_sidecar(exp_dir, st, sched)
-        try:
-            result.arrays = actions.submit_runs(exp_dir, st, sched, list(st["runs"]), "launch", room=room)
-        except BaseException:
-            sched.cancel([result.sidecar])
-            raise
+    result.sidecar, result.arrays = submit_planned(exp_dir, sched)
     return result
+
+
+def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = None) -> tuple[str, list[str]]:
+    """Submit the sidecar and the planned runs (``names``, default all): the sidecar's id and the arrays'.
+
+    The sidecar goes first so that it does not queue behind its own array; the lock is held
+    across the submissions, so its first poll waits until every id is recorded. The site's limits
+    are read before the sidecar goes out (one place left for it): asking takes a moment, in which a
+    sidecar of a launch that then fails would start and take the lease."""
+    with statefile.locked(exp_dir) as st:
+        runs = list(st["runs"]) if names is None else names
+        room = actions.room_for(exp_dir, st, sched, runs, reserve=1)
+        sidecar = actions.submit_sidecar(exp_dir, st, sched)
+        try:
+            arrays = actions.submit_runs(exp_dir, st, sched, runs, "launch", room=room)
+        except BaseException:
+            sched.cancel([sidecar])
+            raise
+    return sidecar, arrays
 
 
 def check_python(config: Config) -> None:

@@ -6,10 +6,8 @@ in the file. Each kind of record is built here and nowhere else: an experiment (
 a run, an attempt (one allocation of a run: :func:`new_attempt`, :func:`requeued_attempt`), whose
 latest one a run always mirrors (:func:`show_latest`), the sidecar's lease, a history entry
 (:func:`log`), a log event, and the bookkeeping of the plan, the scheduler queries, events.log
-and the log cursors.
-
-Times are UTC ISO 8601 strings (autoexp/clock.py); the one liveness rule for a lease is
-autoexp/liveness.py.
+and the log cursors. Times are UTC ISO 8601 strings (autoexp/clock.py); the one liveness rule
+for a lease is autoexp/liveness.py.
 """
 
 from __future__ import annotations
@@ -199,6 +197,7 @@ class State(TypedDict):
     ended_by: NotRequired[str]  # why the experiment ended before its runs did (a failed prepare step)
     held: NotRequired[dict[str, str]]  # run -> why it is owed a submission the site's limits left no room for
     limits: NotRequired[str]  # the limit that last held runs back (actions.hold)
+    scaffolded: NotRequired[str]  # a scaffolded directory's own summary, whose Status autoexp keeps (seedviews)
 
 
 class PlannedRun(Protocol):

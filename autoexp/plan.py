@@ -333,20 +333,25 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     array_template, where, names = _template(env, config, "template", ARRAY_TEMPLATE)
     for k, array in enumerate(arrays):
         slurm = stages.settings(config.data, array.stage)["slurm"] if array.stage else config["slurm"]
-        job_name = slurm.get("job-name") or f"autoexp-{config.name}" + (f"-{array.stage}" if array.stage else "")
-        context = {**common, **launch_context(config), "config": config.data,
-                   "job_name": job_name, "array": array.spec, "offset": array.offset,
-                   "output": slurm_path(exp_dir / ".index" / str(k), config, "%a/slurm-%A_%a.out"),
-                   "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm.items() if k2 != "job-name"}),
-                   "n_runs": len(runs), "requeue": config.get("requeue") or {},
-                   "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")
-                   and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger)}
+        context = array_context(config, common, k, array, slurm, len(runs))
         plan.files[array.script] = _render(array_template, context, where, names)
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)
     plan.files["config.yaml"] = config.to_yaml()
     plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs + cases], indent=1) + "\n"
     return plan
+
+
+def array_context(config: Config, common: dict, k: int, array: ArrayPlan, slurm: dict, n_runs: int) -> dict:
+    """What the array template of the ``k``-th array sees; ``slurm`` holds its sbatch options."""
+    job_name = slurm.get("job-name") or f"autoexp-{config.name}" + (f"-{array.stage}" if array.stage else "")
+    return {**common, **launch_context(config), "config": config.data,
+            "job_name": job_name, "array": array.spec, "offset": array.offset,
+            "output": slurm_path(Path(common["exp_dir"]) / ".index" / str(k), config, "%a/slurm-%A_%a.out"),
+            "sbatch_lines": sbatch_lines({key: v for key, v in slurm.items() if key != "job-name"}),
+            "n_runs": n_runs, "requeue": config.get("requeue") or {},
+            "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")
+            and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger)}
 
 
 def sidecar_options(config: Config) -> dict:

@@ -3,8 +3,9 @@
 Writers (the sidecar, launch, cancel, retry) change it only inside :func:`locked`, which holds
 ``state.json.lock``, reads the current state, and on exit replaces ``state.json`` atomically
 (write to a temporary file, fsync, rename) and regenerates ``experiment_summary.md`` and
-``events.log`` from it. Readers never see a half-written file, whatever is killed when. The records themselves are
-in :mod:`autoexp.model`; the views are rendered by :mod:`autoexp.report`.
+``events.log`` from it (a scaffolded directory's own files: autoexp/seedviews.py). Readers
+never see a half-written file, whatever is killed when. The records themselves are in
+:mod:`autoexp.model`; the views are rendered by :mod:`autoexp.report`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import report
+from . import report, seedviews
 from .errors import AutoexpError, InputError
 from .clock import now
 from .model import SCHEMA, State, recount
@@ -151,10 +152,15 @@ def write(exp_dir: Path, state: State) -> None:
     exp_dir = Path(exp_dir)
     state["updated"] = now()
     recount(state)
-    events, rebuild = report.events_update(exp_dir / EVENTS, state)
+    own = state.get("scaffolded")  # a scaffolded directory: its own summary and log (seedviews)
+    log = exp_dir / (seedviews.LOG if own else EVENTS)
+    events, rebuild = report.events_update(log, state)
     atomic_write(exp_dir / STATE, dumps(state))
-    atomic_write(exp_dir / SUMMARY, report.summary(state))
-    append_events(exp_dir / EVENTS, events, rebuild)
+    atomic_write(exp_dir / (seedviews.OWN_SUMMARY if own else SUMMARY), report.summary(state))
+    if own:
+        with contextlib.suppress(FileNotFoundError):
+            atomic_write(exp_dir / own, seedviews.with_status((exp_dir / own).read_text(), state))
+    append_events(log, events, rebuild)
 
 
 def append_events(file: Path, text: str, rebuild: bool) -> None:
