@@ -320,6 +320,9 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     # Jobs start in the experiment directory (--chdir), never where `autoexp launch` was run.
     common = {"name": config.name, "exp_dir": str(exp_dir), "chdir": slurm_path(exp_dir, config),
               "python": config.get("python") or sys.executable}
+    # sidecar.mode carried needs --begin (the watchdog) and array tasks: on Slurm only, else a job
+    mode = config["sidecar"].get("mode", "job")
+    mode = "job" if mode == "carried" and scheduler_name != "slurm" else mode
 
     tasks_template = env.get_template(TASKS_TEMPLATE)
     plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
@@ -334,10 +337,11 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
                    "sbatch_lines": sbatch_lines({k2: v for k2, v in slurm.items() if k2 != "job-name"}),
                    "n_runs": len(runs), "requeue": config.get("requeue") or {},
                    "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")
-                   and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger)}
+                   and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger),
+                   "carried": mode == "carried"}
         plan.files[array.script] = _render(array_template, context, where, names)
 
-    plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)
+    plan.files["sidecar.sbatch"] = render_sidecar(env, config, common, mode)
     plan.files["config.yaml"] = config.to_yaml()
     plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs + cases], indent=1) + "\n"
     return plan
@@ -345,7 +349,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
 
 def sidecar_options(config: Config) -> dict:
     """The sidecar's sbatch options; it is billed to the runs' account unless it names its own."""
-    options = {k: v for k, v in config["sidecar"].items() if k not in ("mode", "handover")}
+    options = {k: v for k, v in config["sidecar"].items() if k not in ("mode", "handover", "watchdog")}
     if config["slurm"].get("account") and "account" not in options:
         options = {"account": config["slurm"]["account"], **options}
     mail = (config.get("notify") or {}).get("mail")
@@ -354,12 +358,12 @@ def sidecar_options(config: Config) -> dict:
     return {"job-name": f"autoexp-sidecar-{config.name}", **options}
 
 
-def render_sidecar(env: jinja2.Environment, config: Config, common: dict) -> str:
+def render_sidecar(env: jinja2.Environment, config: Config, common: dict, mode: str) -> str:
     options = sidecar_options(config)
     context = {**common, "job_name": options.pop("job-name"),
                "output": slurm_path(Path(common["exp_dir"]) / "logs", config, "sidecar-%j.out"),
                "sbatch_lines": sbatch_lines(options), "sidecar_args": "",
-               "mode": config["sidecar"].get("mode", "job")}
+               "mode": mode}
     template, where, names = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)
     return _render(template, context, where, names)
 
