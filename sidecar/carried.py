@@ -143,7 +143,10 @@ def carry(exp_dir: Path) -> int:
     me = task_id()
     settings, sched = setup(exp_dir)
     stop = Stop()
-    record(exp_dir, sched, settings, me, None)
+    try:
+        record(exp_dir, sched, settings, me, None)
+    except Exception:  # the state lock held too long, say: the next poll sees the start anyway
+        log.exception("autoexp carrier %s: cannot record the task's start", me)
     while not stop.event.is_set():
         try:
             if take(exp_dir, sched, settings, me) and hold(exp_dir, sched, settings, me, stop):
@@ -224,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     exp_dir = args.exp_dir.absolute()
     if args.what == "watchdog":
         return watchdog(exp_dir)
+    if not task_id():  # a plain job (a function sweep of one call): its states come from accounting
+        log.info("autoexp carrier: not an array task; nothing to carry")
+        return 0
     try:
         return carry(exp_dir) if args.what == "carry" else end(exp_dir, args.status)
     except Exception:
