@@ -8,6 +8,7 @@ the watchdog finishes the state when the last task dies without writing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -189,3 +190,22 @@ def test_the_watchdog_finishes_the_state_when_the_last_task_dies_without_writing
     # The task's carrier gave the lease back on SIGTERM; the watchdog took it and wrote the end.
     assert st["sidecar"]["job_id"] in {r[0] for r in sidecar_jobs(exp)}, st["sidecar"]
     wait_watchdogs_gone(exp)
+
+
+# --------------------------------------------------------------------------- status and cancel
+
+def test_status_shows_the_carrier_and_cancel_stops_the_watchdog_too(workdir, cleanup):
+    exp = launch(workdir, cleanup, "cancel", {"sweep": {"list": [{"kind": "long", "i": i, "n": 30} for i in range(2)]},
+                                               "sidecar": {"mode": "carried", "watchdog": "5m"}})
+    wait_for(lambda: "_" in str(read_state(exp)["sidecar"].get("job_id")), timeout=120, what="a task to hold the lease")
+    doc = json.loads(autoexp("status", exp, "--json", check=True).stdout)
+    assert doc["health"]["sidecar"] == "alive" and doc["health"]["job_id"] == doc["sidecar"]["job_id"]
+    watchdog = read_state(exp)["watchdog"]["job_id"]
+    assert "no sidecar was alive" not in autoexp("resume", exp, check=True).stdout  # the carrier is alive
+    autoexp("cancel", exp, check=True)
+    st = read_state(exp)
+    assert st["done"] and {r["state"] for r in st["runs"].values()} == {"CANCELLED"}
+    wait_for(lambda: (lambda r: r and r[0][1].startswith("CANCELLED"))(sacct_rows([watchdog])), timeout=60,
+             what="the watchdog job to be cancelled with the experiment")
+    wait_for(lambda: not subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", f"carried carry {exp}"],
+                                        capture_output=True).stdout, timeout=60, what="the carriers to exit")
