@@ -270,6 +270,18 @@ def submit_sidecar(exp_dir: Path, st: State, sched: Scheduler, options: tuple = 
     return job_id
 
 
+def submit_watchdog(exp_dir: Path, st: State, sched: Scheduler, period: float, begin: bool = True,
+                    reason: str = "launch") -> str:
+    """Carried mode: submit the sidecar script as the watchdog, to begin ``period`` s from now (or
+    at once), and record it apart from the lease, which the running tasks hold; it polls once and
+    submits the next one (sidecar/carried.py)."""
+    options = (f"--begin=now+{max(1, round(period))}",) if begin else ()
+    job_id = sched.submit(Submission(Path(exp_dir) / st["plan"]["sidecar"], options=options))
+    st["watchdog"] = model.submitted_lease(job_id, reason)
+    st["watchdog"]["interval"] = period
+    return job_id
+
+
 def cancel_runs(st: State, sched: Scheduler, names: list[str], reason: str,
                 job_ids: list[str] | None = None) -> list[str]:
     """Cancel the current attempt of ``names``; they are marked CANCELLED and never retried.

@@ -77,7 +77,8 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
 
 
 def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = None) -> tuple[str, list[str]]:
-    """Submit the sidecar and the planned runs (``names``, default all): the sidecar's id and the arrays'.
+    """Submit the sidecar (in mode carried, its watchdog) and the planned runs (``names``, default
+    all): the sidecar's id and the arrays'.
 
     The sidecar goes first so that it does not queue behind its own array; the lock is held
     across the submissions, so its first poll waits until every id is recorded. The site's limits
@@ -86,7 +87,13 @@ def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = No
     with statefile.locked(exp_dir) as st:
         runs = list(st["runs"]) if names is None else names
         room = actions.room_for(exp_dir, st, sched, runs, reserve=1)
-        sidecar = actions.submit_sidecar(exp_dir, st, sched)
+        from .sidecar.settings import Settings  # the sidecar's package stays off status's import path
+
+        settings = Settings.load(exp_dir)
+        if settings.mode == "carried" and sched.name == "slurm":  # the tasks carry the sidecar's polls
+            sidecar = actions.submit_watchdog(exp_dir, st, sched, settings.watchdog)
+        else:
+            sidecar = actions.submit_sidecar(exp_dir, st, sched)
         try:
             arrays = actions.submit_runs(exp_dir, st, sched, runs, "launch", room=room)
         except BaseException:
@@ -193,8 +200,10 @@ def watcher(exp_dir: Path, st: State, sched: Scheduler) -> str:
     that was scancelled counts as gone at once, not three intervals later."""
     from .sidecar import alive
 
+    from .sidecar.carried import watchdog_alive
+
     if not alive(st, sched, statusview.polling_interval(st, exp_dir)):
-        return "none"
+        return "queued" if st.get("watchdog") and watchdog_alive(st, sched) else "none"
     health = statusview.health(st, exp_dir)["sidecar"]
     return health if health in ("alive", "starting") else "queued"
 
@@ -226,11 +235,13 @@ def cancel(exp: str | os.PathLike, runs=(), output: str | None = None) -> dict:
             raise InputError("every run has already finished; nothing cancelled", str(exp_dir), "EXP")
         arrays = sorted({job.split("_")[0] for n in names if (job := st["runs"][n]["job_id"])})
         jobs = actions.cancel_runs(st, sched, names, "user", job_ids=arrays)
-        sidecar = st["sidecar"].get("job_id")
+        sidecar = st["sidecar"].get("job_id") or (st.get("watchdog") or {}).get("job_id")
         if sidecar:
             # The lease is ended in the same write: a poll the sidecar has in flight then finds it
-            # lost and writes nothing, and its SIGTERM hands over to nobody.
-            sched.cancel([sidecar])
+            # lost and writes nothing, and its SIGTERM hands over to nobody. (In carried mode a
+            # task holds it, cancelled with its array; the watchdog job is cancelled too.)
+            sched.cancel([j for j in (st["sidecar"].get("job_id"), (st.get("watchdog") or {}).get("job_id"))
+                          if j and str(j).isdigit()])
             st["sidecar"]["stopped"] = clock.now()
             model.log(st, "SIDECAR_STOP", f"job {sidecar}", Reason="the experiment was cancelled")
         st["done"] = True
@@ -304,6 +315,9 @@ def retry(exp: str | os.PathLike, runs=(), failed: bool = False, output: str | N
 
 def _replace_sidecar(exp_dir: Path, st: State, sched: Scheduler, reason: str) -> str:
     """Submit a new sidecar; a stale old one that is somehow still running is cancelled first."""
+    if st.get("watchdog"):  # carried mode: a watchdog now; the lease's holder is a task, not a job to cancel
+        sched.cancel([st["watchdog"]["job_id"]])
+        return actions.submit_watchdog(exp_dir, st, sched, st["watchdog"].get("interval") or 600, False, reason)
     old = st["sidecar"].get("job_id")
     if old:
         sched.cancel([old])
@@ -318,7 +332,8 @@ def resume(exp: str | os.PathLike, output: str | None = None) -> dict:
             raise InputError("this experiment was planned but never launched: run `autoexp launch` "
                              "with its config", str(exp_dir), "EXP")
         sched = backends.of_experiment(exp_dir, st)
-        result = {"exp_dir": exp_dir, "sidecar": st["sidecar"].get("job_id"), "submitted": False,
+        result = {"exp_dir": exp_dir, "submitted": False,
+                  "sidecar": st["sidecar"].get("job_id") or (st.get("watchdog") or {}).get("job_id"),
                   "watcher": "finished" if st.get("done") else watcher(exp_dir, st, sched)}
         if result["watcher"] != "none":
             return result

@@ -98,7 +98,7 @@ class Lease(TypedDict, total=False):
     started: str
     heartbeat: str | None  # renewed by every poll
     interval: float  # seconds between polls
-    mode: str  # job or chain
+    mode: str  # job, chain or carried
     state: str  # its job's state in accounting
     previous: str | None  # the holder it took the lease over from
     stopped: str  # it stopped by itself: the lease is free
@@ -186,6 +186,7 @@ class State(TypedDict):
     updated: str
     done: bool
     sidecar: Lease
+    watchdog: NotRequired[Lease]  # sidecar.mode carried: the rare sidecar job; the tasks hold the lease
     arrays: list[ArrayRecord]
     counts: dict[str, int]
     runs: dict[str, Run]

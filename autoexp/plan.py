@@ -326,6 +326,7 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     # Jobs start in the experiment directory (--chdir), never where `autoexp launch` was run.
     common = {"name": config.name, "exp_dir": str(exp_dir), "chdir": slurm_path(exp_dir, config),
               "python": config.get("python") or sys.executable}
+    mode = sidecar_mode(config, scheduler_name)
 
     tasks_template = env.get_template(TASKS_TEMPLATE)
     plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
@@ -333,16 +334,17 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     array_template, where, names = _template(env, config, "template", ARRAY_TEMPLATE)
     for k, array in enumerate(arrays):
         slurm = stages.settings(config.data, array.stage)["slurm"] if array.stage else config["slurm"]
-        context = array_context(config, common, k, array, slurm, len(runs))
+        context = array_context(config, common, k, array, slurm, len(runs), mode)
         plan.files[array.script] = _render(array_template, context, where, names)
 
-    plan.files["sidecar.sbatch"] = render_sidecar(env, config, common)
+    plan.files["sidecar.sbatch"] = render_sidecar(env, config, common, mode)
     plan.files["config.yaml"] = config.to_yaml()
     plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs + cases], indent=1) + "\n"
     return plan
 
 
-def array_context(config: Config, common: dict, k: int, array: ArrayPlan, slurm: dict, n_runs: int) -> dict:
+def array_context(config: Config, common: dict, k: int, array: ArrayPlan, slurm: dict, n_runs: int,
+                  mode: str) -> dict:
     """What the array template of the ``k``-th array sees; ``slurm`` holds its sbatch options."""
     job_name = slurm.get("job-name") or f"autoexp-{config.name}" + (f"-{array.stage}" if array.stage else "")
     return {**common, **launch_context(config), "config": config.data,
@@ -351,12 +353,13 @@ def array_context(config: Config, common: dict, k: int, array: ArrayPlan, slurm:
             "sbatch_lines": sbatch_lines({key: v for key, v in slurm.items() if key != "job-name"}),
             "n_runs": n_runs, "requeue": config.get("requeue") or {},
             "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")
-            and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger)}
+            and array.stage != stages.PREPARE else 0, "triggered": bool(array.trigger),
+            "carried": mode == "carried"}
 
 
 def sidecar_options(config: Config) -> dict:
     """The sidecar's sbatch options; it is billed to the runs' account unless it names its own."""
-    options = {k: v for k, v in config["sidecar"].items() if k not in ("mode", "handover")}
+    options = {k: v for k, v in config["sidecar"].items() if k not in ("mode", "handover", "watchdog")}
     if config["slurm"].get("account") and "account" not in options:
         options = {"account": config["slurm"]["account"], **options}
     mail = (config.get("notify") or {}).get("mail")
@@ -365,12 +368,18 @@ def sidecar_options(config: Config) -> dict:
     return {"job-name": f"autoexp-sidecar-{config.name}", **options}
 
 
-def render_sidecar(env: jinja2.Environment, config: Config, common: dict) -> str:
+def sidecar_mode(config: Config, scheduler_name: str) -> str:
+    """``sidecar.mode``; carried needs --begin (the watchdog) and array tasks: on Slurm only, else a job."""
+    mode = config["sidecar"].get("mode", "job")
+    return "job" if mode == "carried" and scheduler_name != "slurm" else mode
+
+
+def render_sidecar(env: jinja2.Environment, config: Config, common: dict, mode: str) -> str:
     options = sidecar_options(config)
     context = {**common, "job_name": options.pop("job-name"),
                "output": slurm_path(Path(common["exp_dir"]) / "logs", config, "sidecar-%j.out"),
                "sbatch_lines": sbatch_lines(options), "sidecar_args": "",
-               "mode": config["sidecar"].get("mode", "job")}
+               "mode": mode}
     template, where, names = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)
     return _render(template, context, where, names)
 

@@ -248,6 +248,7 @@ def render(built: Built, scripts: list[list[Script]], tasks: list[dict]) -> None
     common = {"name": config.name, "exp_dir": str(root), "chdir": plan.slurm_path(root, config),
               "python": config.get("python") or sys.executable}
     template = env.get_template(plan.ARRAY_TEMPLATE)
+    mode = plan.sidecar_mode(config, sched.name)
     for k, (array, members) in enumerate(zip(built.arrays, scripts)):
         slurm = options(config, members[0])
         mail = {(s.per_run.get("mail-type"), s.per_run.get("mail-user")) for s in members}
@@ -258,9 +259,9 @@ def render(built: Built, scripts: list[list[Script]], tasks: list[dict]) -> None
                                "--mail-user): the array sends none")
         built.shapes.append(" ".join(plan.sbatch_lines(slurm)) or "(no #SBATCH lines)")
         built.files[array.script] = template.render(plan.array_context(config, common, k, array, slurm,
-                                                                       len(built.units)))
+                                                                       len(built.units), mode))
     built.files["tasks.sh"] = env.get_template(plan.TASKS_TEMPLATE).render({**common, "tasks": tasks})
-    built.files["sidecar.sbatch"] = plan.render_sidecar(env, config, common)
+    built.files["sidecar.sbatch"] = plan.render_sidecar(env, config, common, mode)
     built.files["config.yaml"] = config.to_yaml()
     built.files["runs.json"] = json.dumps([u.to_json(root) for u in built.units], indent=1) + "\n"
 

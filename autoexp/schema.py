@@ -19,7 +19,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ACTIONS = ("log", "cancel", "retry")
 MIN_INTERVAL = 1.0  # s: the shortest monitor.interval (sacct back to back serves nobody)
-SIDECAR_MODES = ("job", "chain")
+SIDECAR_MODES = ("job", "chain", "carried")
 
 # Long options of sbatch (22.05); a typo in `slurm:` is caught here instead of by a refused job.
 SBATCH_OPTIONS = frozenset("""
@@ -175,6 +175,7 @@ COMMON_FIELDS: dict[str, Check] = {
     "sidecar": sbatch_options({
         "mode": string(re.compile(rf"^({'|'.join(SIDECAR_MODES)})$"), " or ".join(SIDECAR_MODES)),
         "handover": duration,
+        "watchdog": duration,  # carried mode: how far apart the watchdog jobs begin (10 intervals)
     }),
     "requeue": requeue,
     "notify": mapping({"mail": string()}),

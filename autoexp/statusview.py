@@ -77,6 +77,12 @@ def health(state: State, exp_dir: Path, now: dt.datetime | None = None) -> dict:
         result["sidecar"] = "finished"
     elif launched and interval and lease_fresh(sidecar, interval, now.timestamp()):
         result["sidecar"] = "alive" if sidecar.get("heartbeat") else "starting"
+    elif launched and lease_fresh(watchdog := state.get("watchdog") or {}, watchdog.get("interval") or 60,
+                                  now.timestamp()):
+        result["sidecar"] = "starting"  # carried mode: no task carries the sidecar now; its watchdog will poll
+        submitted = parse_time(watchdog.get("submitted"))
+        result["job_id"] = watchdog["job_id"]
+        result["age_s"] = max(0, round((now - submitted).total_seconds())) if submitted else None
     elif launched:  # silent for three intervals, or stopped (scancel, time limit) before the end
         result["sidecar"] = "stale"
         result["fix"] = f"autoexp resume {shlex.quote(str(exp_dir))}"

@@ -82,9 +82,9 @@ def run(exp_dir: Path, once: bool = False) -> int:
                 next_query = time.monotonic() + backoff(settings.interval, result.failures)
             if result.done:
                 release(exp_dir, me, "all runs finished")
-                _refresh_report(exp_dir, settings, result)
+                refresh_report(exp_dir, settings, result)
                 return 0
-            _refresh_report(exp_dir, settings, result)
+            refresh_report(exp_dir, settings, result)
             if stop.event.is_set():
                 release(exp_dir, me, f"stopped by {stop.signal}")
                 return 0
@@ -144,7 +144,7 @@ def _hand_over(exp_dir: Path, sched: Scheduler, me: str, settings: Settings, rea
     return True
 
 
-def _refresh_report(exp_dir: Path, settings: Settings, result: PollResult) -> None:
+def refresh_report(exp_dir: Path, settings: Settings, result: PollResult) -> None:
     """Rewrite report.html when the experiment is over, or when something changed and the last
     one is ``report.every`` old; outside the state lock, and never at the cost of the sidecar."""
     page = exp_dir / htmlreport.REPORT

@@ -26,6 +26,7 @@ class Settings:
     base: dict = field(default_factory=dict)  # slurm.mem, slurm.time and slurm.partition as planned
     mode: str = "job"
     handover: float = 300.0
+    watchdog: float = 600.0  # carried mode: seconds between the watchdog jobs (sidecar.watchdog)
     time_limit: float | None = None  # sidecar.time in seconds
     mail: bool = False
     report_metric: str | None = None  # report.metric: what report.html ranks the runs by
@@ -70,6 +71,8 @@ class Settings:
             base={k: str(v) for k, v in (data.get("slurm") or {}).items() if k in ("mem", "time", "partition") and v},
             mode=sidecar.get("mode") or "job",
             handover=parse_duration(sidecar.get("handover") or "5m"),
+            watchdog=parse_duration(sidecar["watchdog"]) if sidecar.get("watchdog")
+            else 10 * float(monitor.get("interval") or 60),
             time_limit=slurm_time_seconds(limit),
             mail=bool((data.get("notify") or {}).get("mail")),
             report_metric=report.get("metric"),

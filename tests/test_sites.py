@@ -84,7 +84,7 @@ def test_lumi_small_runs_use_one_gcd_of_a_shared_node(workdir, account):
     assert "set +a\nautoexp_command\nstatus=$?" in files["array.sbatch"]  # no srun, no container
 
 
-def test_juwels_runs_take_a_booster_node_and_the_sidecar_is_a_chain(workdir, account):
+def test_juwels_runs_take_a_booster_node_and_the_tasks_carry_the_sidecar(workdir, account):
     files = planned(workdir, "juwels", container={"image": "/p/project/x/pytorch.sif"})
     options = sbatch_options(files["array.sbatch"])
     for expected in (f"--account={ACCOUNT}", "--partition=booster", "--gres=gpu:4", "--nodes=1",
@@ -97,7 +97,9 @@ def test_juwels_runs_take_a_booster_node_and_the_sidecar_is_a_chain(workdir, acc
     sidecar = sbatch_options(files["sidecar.sbatch"])
     assert "--partition=booster" in sidecar and "--time=00:05:00" in sidecar
     resolved = yaml.safe_load(files["config.yaml"])
-    assert resolved["sidecar"]["mode"] == "chain" and resolved["monitor"]["interval"] == 300
+    assert resolved["sidecar"]["mode"] == "carried" and resolved["monitor"]["interval"] == 60
+    assert "autoexp.sidecar.carried carry" in files["array.sbatch"]  # the tasks poll; the job is the watchdog
+    assert "autoexp.sidecar.carried watchdog" in files["sidecar.sbatch"]
 
 
 @pytest.mark.parametrize("site, shape", [
@@ -112,7 +114,8 @@ def test_the_other_jsc_sites_take_whole_nodes_one_task_per_gpu(workdir, account,
         assert expected in options
     assert 'export HF_HUB_OFFLINE="1"' in files["tasks.sh"]
     resolved = yaml.safe_load(files["config.yaml"])
-    assert resolved["offline"] is True and resolved["sidecar"]["mode"] == "chain"
+    assert resolved["offline"] is True
+    assert resolved["sidecar"]["mode"] == ("carried" if site == "juwels-dev" else "chain")
 
 
 def test_juwels_takes_the_budget_jutil_activated(workdir, monkeypatch):
