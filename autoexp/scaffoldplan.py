@@ -248,7 +248,7 @@ def render(built: Built, scripts: list[list[Script]], tasks: list[dict]) -> None
     common = {"name": config.name, "exp_dir": str(root), "chdir": plan.slurm_path(root, config),
               "python": config.get("python") or sys.executable}
     template = env.get_template(plan.ARRAY_TEMPLATE)
-    mode = plan.sidecar_mode(config, sched.name)
+    mode = plan.sidecar_mode(config, built.scheduler)
     for k, (array, members) in enumerate(zip(built.arrays, scripts)):
         slurm = options(config, members[0])
         mail = {(s.per_run.get("mail-type"), s.per_run.get("mail-user")) for s in members}
