@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import actions, backends, clock, experiment, model, plan, scaffolded, seedviews, statefile
+from . import arrayspec, backends, clock, experiment, model, plan, scaffolded, seedviews, statefile
 from .config import Config, resolve
 from .errors import InputError
 from .experiment import LaunchResult
@@ -69,7 +69,7 @@ class Built:
                 waits = ", ".join(self.arrays[own[a]].script for a in unit.after if a not in self.skipped)
                 groups.setdefault(waits, []).append(unit)
             for waits, chosen in groups.items():
-                spec = actions.compress(u.index - array.offset for u in chosen)
+                spec = arrayspec.compress(u.index - array.offset for u in chosen)
                 after = f" (each task after its run's task of {waits})" if waits else ""
                 lines.append(f"    sbatch --array={spec} {shlex.quote(str(self.root / array.script))}{after}: "
                              + ", ".join(u.name for u in chosen))
@@ -208,7 +208,7 @@ def build(found: Scaffold, config: Config, sched: Scheduler) -> Built:
         offset = len(arrays) * n
         count = sum(1 for a in arrays if a.stage == stage)
         arrays.append(plan.ArrayPlan(f"{stage}_{count}.sbatch", offset, n,
-                                     actions.compress(p for p, _, _ in members) + throttle, stage=stage))
+                                     arrayspec.compress(p for p, _, _ in members) + throttle, stage=stage))
         scripts.append([m[2] if stage == TRAIN else m[2].script for m in members])
         return offset
 
