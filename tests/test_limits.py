@@ -162,6 +162,7 @@ def queued_in_qos() -> int:
     return len(out.split())
 
 
+@pytest.mark.core
 @pytest.mark.usefixtures("slurm")
 def test_a_sweep_beyond_max_submit_jobs_completes_within_it(workdir, cleanup):
     """100 runs, 25 may be queued: the launch submits what fits, the sidecar the rest as tasks
