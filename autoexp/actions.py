@@ -158,7 +158,8 @@ def _hold(st: State, names: list[str], reason: str, why: str) -> list[str]:
     held = st.setdefault("held", {})
     new = [name for name in names if name not in held]
     held.update((name, held.get(name, reason)) for name in names)
-    st["limits"] = why
+    if new or not st.get("limits"):  # as it was when runs were held: a poll that holds no more changes nothing
+        st["limits"] = why
     return new
 
 

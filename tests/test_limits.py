@@ -21,7 +21,8 @@ import pytest
 from autoexp import actions, arrayspec, limits, model, statefile
 from autoexp.limits import Limit, Room
 from autoexp.scheduler import Scheduler, Submission, expand_range
-from autoexp.slurm import parse_config
+from autoexp.errors import SchedulerError
+from autoexp.slurm import SlurmScheduler, parse_config
 from conftest import autoexp as run_cli, read_state, wait_for, wait_state_done, write_config
 
 DATA = Path(__file__).parent / "data"
@@ -162,6 +163,26 @@ def queued_in_qos() -> int:
     return len(out.split())
 
 
+@pytest.mark.usefixtures("slurm")
+def test_sbatch_takes_the_specs_of_3000_scattered_tasks_and_refuses_a_longer_one(tmp_path):
+    """The length limit is sbatch's own (measured: 4,092 characters accepted, 4,117 refused)."""
+    script = tmp_path / "noop.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --job-name=limits-spec-{uuid.uuid4().hex[:6]}\n#SBATCH --output=/dev/null\n"
+                      "#SBATCH --hold\ntrue\n")
+    sched = SlurmScheduler(tmp_path)
+    groups = arrayspec.split(range(0, 6000, 2), max_len=arrayspec.MAX_SPEC - 2)
+    ids: list[str] = []
+    try:
+        for group in groups:
+            ids.append(sched.submit(Submission(script, array=arrayspec.compress(group) + "%4")))
+        assert len(ids) == len(groups) <= 5
+        with pytest.raises(SchedulerError, match="too long"):
+            ids.append(sched.submit(Submission(script, array=arrayspec.compress(range(0, 2000, 2)))))
+    finally:
+        sched.cancel(ids)
+
+
+@pytest.mark.core
 @pytest.mark.usefixtures("slurm")
 def test_a_sweep_beyond_max_submit_jobs_completes_within_it(workdir, cleanup):
     """100 runs, 25 may be queued: the launch submits what fits, the sidecar the rest as tasks
