@@ -222,6 +222,7 @@ def units(st: dict, stage: str) -> dict:
 
 
 @slurm_only
+@pytest.mark.core  # run on Slurm 24.11 too
 def test_scaffolded_directory_on_the_cluster(tmp_path, cleanup):
     root = tmp_path / "cap sweep"
     ckpt = tmp_path / "ck"
