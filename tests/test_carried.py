@@ -113,7 +113,7 @@ def test_carried_mode_ends_as_the_job_sidecar_does_without_a_sidecar_allocation(
     points = [{"kind": k, "i": i, "n": ""} for i, k in enumerate(["ok", "ok", "fail", "ok", "flaky", "ok", "ok", "ok"])]
     common = {"sweep": {"list": points}, "monitor": {"interval": 3, **MONITOR, "retries": {"max": 1, "on": ["FAILED"]}}}
     job = launch(workdir, cleanup, "asjob", {**common, "sidecar": {"mode": "job"}})
-    carried = launch(workdir, cleanup, "carried", {**common, "sidecar": {"mode": "carried", "watchdog": "20s"}})
+    carried = launch(workdir, cleanup, "carried", {**common, "sidecar": {"mode": "carried", "watchdog": "30s"}})
     text = (carried / "array.sbatch").read_text()
     assert "autoexp.sidecar.carried carry" in text and "autoexp.sidecar.carried watchdog" in (
         carried / "sidecar.sbatch").read_text()
@@ -121,17 +121,17 @@ def test_carried_mode_ends_as_the_job_sidecar_does_without_a_sidecar_allocation(
     a, b = both[job], both[carried]
     assert run_view(b) == run_view(a)
     assert b["runs"]["fail2"]["state"] == "FAILED" and len(b["runs"]["fail2"]["attempts"]) == 2
-    assert [a["state"] for a in b["runs"]["flaky4"]["attempts"]] == ["FAILED", "COMPLETED"]  # the poll retried it
+    assert [t["state"] for t in b["runs"]["flaky4"]["attempts"]] == ["FAILED", "COMPLETED"]  # the poll retried it
     assert event_view(b) == event_view(a)
     assert summary_view(carried, b) == summary_view(job, a)
     # No sidecar allocation: the lease was held by tasks only (their ids are "<array>_<task>"), and
-    # the final state was written by a task; the watchdog (20 s) had not even begun by then.
+    # the final state was written by a task; the only sidecar-named jobs are watchdogs of seconds.
     assert all("_" in h for h in holders(b)), holders(b)
     assert not any(e["kind"] == "SUBMIT_SIDECAR" for e in b["history"])
     wait_watchdogs_gone(carried)
-    rows = sidecar_jobs(carried)  # the launch's watchdog only: it began after the end, looked, stopped
-    assert [r[0] for r in rows] == [b["watchdog"]["job_id"]] and rows[0][1] == "COMPLETED", rows
-    assert int(rows[0][2]) < 20, rows
+    rows = sidecar_jobs(carried)
+    assert read_state(carried)["watchdog"]["job_id"] in {r[0] for r in rows}, rows
+    assert all(r[1] == "COMPLETED" and int(r[2]) < 20 for r in rows), rows  # each: one look, seconds
     # Every task's carrier ended with its task: none is left running.
     assert not subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", f"carried carry {carried}"],
                               capture_output=True).stdout
