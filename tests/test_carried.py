@@ -95,8 +95,8 @@ def event_view(st: dict) -> dict:
 def summary_view(exp: Path, st: dict) -> list[str]:
     """experiment_summary.md with job ids and times replaced, its header (sidecar, arrays) left out."""
     text = (exp / "experiment_summary.md").read_text()
-    for k, array in enumerate(st["arrays"]):
-        text = text.replace(array["job_id"], f"A{k}")
+    for array in st["arrays"]:  # retries may go out in one array or two, as their ends fall in polls
+        text = text.replace(array["job_id"], "A")
     text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d)?", "T", text)
     text = re.sub(r"\b\d+(\.\d+)?\s?(s|m|h|min|sec)\b|\b\d+:\d\d(:\d\d)?\b", "D", text)
     return [line for line in text.splitlines()[1:] if not line.startswith(("Updated", "Sidecar", "Arrays"))]
