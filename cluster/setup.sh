@@ -30,10 +30,6 @@ ACCOUNT=autoexp
 # A second account of the test user, never its default: tests that the account autoexp records is
 # the one Slurm bills, whatever SBATCH_ACCOUNT says.
 OTHER_ACCOUNT=autoexp-other
-# A QOS with a submission limit the test user may use (its default QOS stays normal): the test of
-# the site's limits (tests/test_limits.py) runs its jobs in it.
-LIMITED_QOS=autoexp-limited
-LIMITED_MAX_SUBMIT=25
 NODES=(node1 node2)
 read -r -a NODE_PORTS <<<"${AUTOEXP_SLURMD_PORTS:-17001 17002}"
 CTLD_PORT=${AUTOEXP_SLURMCTLD_PORT:-6817}
@@ -213,11 +209,9 @@ MessageTimeout=10
 JobRequeue=1
 MailProg=/bin/true
 
-# accounting; limits enforced (every submitting user has an association, below), so that the
-# QOS autoexp-limited (MaxSubmitJobsPerUser) refuses what a site's MaxSubmitJobs would
+# accounting
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageEnforce=limits,qos
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
@@ -324,17 +318,6 @@ for u in root "$TEST_USER" $EXTRA_USERS; do
         fi
     fi
 done
-
-if ! sacctmgr -n -P list qos "$LIMITED_QOS" format=name | grep -qx "$LIMITED_QOS"; then
-    say "sacctmgr: adding QOS $LIMITED_QOS (MaxSubmitJobsPerUser=$LIMITED_MAX_SUBMIT)"
-    sam add qos "$LIMITED_QOS" MaxSubmitJobsPerUser="$LIMITED_MAX_SUBMIT" >/dev/null || die "sacctmgr add qos failed"
-fi
-if id "$TEST_USER" >/dev/null 2>&1 && ! sacctmgr -n -P list assoc cluster="$CLUSTER_NAME" user="$TEST_USER" \
-        account="$ACCOUNT" format=qos | tr ',' '\n' | grep -qx "$LIMITED_QOS"; then
-    say "sacctmgr: letting $TEST_USER use QOS $LIMITED_QOS (default QOS normal)"
-    sam modify user "$TEST_USER" set qos+="$LIMITED_QOS" defaultqos=normal >/dev/null \
-        || die "sacctmgr modify user $TEST_USER qos failed"
-fi
 
 # --------------------------------------------------------------------------
 # 7. slurmctld
