@@ -209,3 +209,20 @@ def test_status_shows_the_carrier_and_cancel_stops_the_watchdog_too(workdir, cle
              what="the watchdog job to be cancelled with the experiment")
     wait_for(lambda: not subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", f"carried carry {exp}"],
                                         capture_output=True).stdout, timeout=60, what="the carriers to exit")
+
+
+def test_resume_submits_a_watchdog_that_finishes_the_state(workdir, cleanup):
+    exp = launch(workdir, cleanup, "resume", {"sweep": {"list": [{"kind": "long", "i": 0, "n": 30}]},
+                                               "sidecar": {"mode": "carried", "watchdog": "10m"}})
+    wait_for(lambda: "_" in str(read_state(exp)["sidecar"].get("job_id")), timeout=120, what="the task to hold the lease")
+    st = read_state(exp)
+    doc = json.loads(autoexp("status", exp, "--json", check=True).stdout)
+    assert doc["health"]["sidecar"] == "alive"
+    subprocess.run(["scancel", st["watchdog"]["job_id"], st["runs"]["long0"]["job_id"]], check=True, timeout=30)
+    wait_for(lambda: read_state(exp)["sidecar"].get("stopped"), timeout=30, what="the carrier to give the lease back")
+    proc = autoexp("resume", exp, check=True)  # nothing watches now: a watchdog that begins at once
+    assert "submitted sidecar job" in proc.stdout, proc.stdout
+    assert read_state(exp)["watchdog"]["job_id"] != st["watchdog"]["job_id"]
+    final = wait_state_done(exp, timeout=120)
+    assert final["runs"]["long0"]["state"] == "CANCELLED" and final["sidecar"]["job_id"].isdigit()
+    wait_watchdogs_gone(exp)
