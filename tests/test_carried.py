@@ -220,6 +220,8 @@ def test_resume_submits_a_watchdog_that_finishes_the_state(workdir, cleanup):
     assert doc["health"]["sidecar"] == "alive"
     subprocess.run(["scancel", st["watchdog"]["job_id"], st["runs"]["long0"]["job_id"]], check=True, timeout=30)
     wait_for(lambda: read_state(exp)["sidecar"].get("stopped"), timeout=30, what="the carrier to give the lease back")
+    wait_for(lambda: (lambda r: r and r[0][1].startswith("CANCELLED"))(sacct_rows([st["runs"]["long0"]["job_id"]])),
+             timeout=60, what="accounting to show the task's end")  # else the watchdog's one look is too early
     proc = autoexp("resume", exp, check=True)  # nothing watches now: a watchdog that begins at once
     assert "submitted sidecar job" in proc.stdout, proc.stdout
     assert read_state(exp)["watchdog"]["job_id"] != st["watchdog"]["job_id"]
