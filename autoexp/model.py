@@ -8,8 +8,7 @@ latest one a run always mirrors (:func:`show_latest`), the sidecar's lease, a hi
 (:func:`log`), a log event, and the bookkeeping of the plan, the scheduler queries, events.log
 and the log cursors.
 
-Times are UTC ISO 8601 strings (autoexp/clock.py); the one liveness rule for a lease is
-autoexp/liveness.py.
+Times are UTC ISO 8601 strings (autoexp/clock.py); the one liveness rule for a lease: autoexp/liveness.py.
 """
 
 from __future__ import annotations
