@@ -199,7 +199,6 @@ def watcher(exp_dir: Path, st: State, sched: Scheduler) -> str:
     started yet), or "none". The sidecar's own test decides, asking the scheduler, so a sidecar
     that was scancelled counts as gone at once, not three intervals later."""
     from .sidecar import alive
-
     from .sidecar.carried import watchdog_alive
 
     if not alive(st, sched, statusview.polling_interval(st, exp_dir)):
@@ -317,7 +316,7 @@ def _replace_sidecar(exp_dir: Path, st: State, sched: Scheduler, reason: str) ->
     """Submit a new sidecar; a stale old one that is somehow still running is cancelled first."""
     if st.get("watchdog"):  # carried mode: a watchdog now; the lease's holder is a task, not a job to cancel
         sched.cancel([st["watchdog"]["job_id"]])
-        return actions.submit_watchdog(exp_dir, st, sched, st["watchdog"].get("interval") or 600, False, reason)
+        return actions.submit_watchdog(exp_dir, st, sched, st["watchdog"]["interval"], False, reason)
     old = st["sidecar"].get("job_id")
     if old:
         sched.cancel([old])
