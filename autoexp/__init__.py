@@ -1,9 +1,10 @@
 """autoexp: launch a sweep as one Slurm job array and let a sidecar job keep its state true."""
 
 from .errors import AutoexpError, InputError, SchedulerError
-from .experiment import (LaunchResult, cancel, experiments, find, launch, load_config, log_path, logs,
-                         plan_experiment, resume, retry, status)
+from .experiment import (LaunchResult, cancel, experiments, find, launch, load_config, plan_experiment, resume, retry,
+                         status)
 from .run import NotInRunError, current_run
+from .runlogs import log_path, logs
 from .sweepview import metrics, write_report
 
 __all__ = ["AutoexpError", "Config", "InputError", "LaunchResult", "NotInRunError", "RunFailed", "SchedulerError",

@@ -226,7 +226,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from .experiment import logs
+    from .runlogs import logs
 
     logs(args.exp, args.run, attempt=args.attempt, follow=args.follow, output=args.output_dir, stage=args.stage)
     return 0

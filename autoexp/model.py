@@ -1,13 +1,11 @@
 """The records of state.json, typed, and the only code that creates them.
 
-The state is kept as the plain JSON document it is on disk (TypedDicts, not classes): `autoexp
-status` reads 10,000 runs in a fraction of a second, and every writer's change is exactly what lands
-in the file. Each kind of record is built here and nowhere else: an experiment (:func:`new_experiment`),
-a run, an attempt (one allocation of a run: :func:`new_attempt`, :func:`requeued_attempt`), whose
-latest one a run always mirrors (:func:`show_latest`), the sidecar's lease, a history entry
-(:func:`log`), a log event, and the bookkeeping of the plan, the scheduler queries, events.log
-and the log cursors. Times are UTC ISO 8601 strings (autoexp/clock.py); the one liveness rule
-for a lease is autoexp/liveness.py.
+Kept as the plain JSON document it is on disk (TypedDicts, not classes): `autoexp status` reads 10,000 runs in a
+fraction of a second, and every writer's change is exactly what lands in the file. Built here and nowhere else: an
+experiment (:func:`new_experiment`), a run, an attempt (one allocation: :func:`new_attempt`, :func:`requeued_attempt`)
+whose latest one a run mirrors (:func:`show_latest`), the lease, a history entry (:func:`log`), a log event, and the
+bookkeeping of the plan, the queries, events.log and the log cursors. Times are UTC ISO 8601 (autoexp/clock.py); the
+one liveness rule for a lease is autoexp/liveness.py.
 """
 
 from __future__ import annotations
@@ -117,9 +115,8 @@ class ArrayRecord(TypedDict):
 
 
 class Intent(TypedDict):
-    """A submission about to be made (written before sbatch runs), kept until its fate is known: a
-    sidecar killed after sbatch accepted it, or an sbatch that timed out, leaves it to be found
-    again by its tag instead of being submitted twice."""
+    """A submission about to be made (written before sbatch runs), kept until its fate is known: one that
+    sbatch accepted before a kill or a timeout is found again by its tag instead of being submitted twice."""
 
     tag: str  # the mark only this submission carries (in its job name)
     script: str  # relative to the experiment directory
@@ -218,7 +215,6 @@ class ArraySpec(Protocol):
 
 
 # --------------------------------------------------------------------------- the records
-
 def new_experiment(name: str, runs: Iterable[PlannedRun], exp_dir: Path, scheduler: str,
                    plan: Plan | None = None) -> State:
     """The state of a planned experiment: every run PLANNED, nothing submitted."""
@@ -388,7 +384,6 @@ def counts_text(state: State, sep: str = " - ") -> str:
 
 
 # --------------------------------------------------------------------------- the lease
-
 def submitted_lease(job_id: str, reason: str) -> Lease:
     """A sidecar just submitted: the lease passes to it (it is alive until it misses heartbeats)."""
     return {"job_id": job_id, "submitted": now(), "host": None, "heartbeat": None, "reason": reason}
