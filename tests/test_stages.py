@@ -242,7 +242,9 @@ def test_eight_tasks_released_together_begin_three_seconds_apart(workdir, cleanu
     assert len(_starts(exp)) == 8 and len(st["arrays"]) == 1  # no extra submission
     begun = sorted(float(m) for log in exp.glob("runs/*/slurm-*.out")
                    for m in re.findall(r"began (\d+\.\d+)", log.read_text()))
-    assert all(b - a >= 2.99 for a, b in zip(begun, begun[1:])), begun
+    # The commands' own clocks: apart by the spacing, give or take the moment a shell takes to start
+    # each one (a tenth of a second or two on a loaded 2-core machine).
+    assert all(b - a >= 2.5 for a, b in zip(begun, begun[1:])), begun
 
 
 def test_single_stage_config_keeps_its_plan(workdir):
