@@ -129,8 +129,7 @@ def progress(state: State) -> dict:
 
 def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None = None,
              raw: bytes | None = None) -> dict:
-    """What ``autoexp status --json`` prints (see the module docstring). ``raw``: the state was
-    read without its runs (statefile.read), whose text this is; a staged one's are parsed here."""
+    """What ``status --json`` prints (module docstring); ``raw``: the text of a state read without its runs."""
     state = state if state is not None else statefile.read_shared(exp_dir)
     doc = {**state, "health": health(state, exp_dir, now), "progress": progress(state)}
     runs = state["runs"]
