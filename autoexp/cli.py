@@ -147,14 +147,16 @@ def cmd_status(args) -> int:
     import time
 
     from .experiment import find, status
-    from .statusview import render, terminal_layout
+    from .statusview import json_bytes, render, terminal_layout
 
     gc.disable()  # each read builds one big acyclic document: collecting would only walk it (20 ms)
     exp_dir = find(args.exp, args.output_dir)
     while True:
-        doc = status(exp_dir, refresh=args.refresh, history=args.json)
-        if args.json:
-            print(json_text(doc), flush=True)
+        raw: list[bytes] | None = [] if args.json else None  # --json copies the runs' text (statusview.json_text)
+        doc = status(exp_dir, refresh=args.refresh, history=args.json, raw=raw)
+        if raw:
+            sys.stdout.buffer.write(json_bytes(doc, raw[-1]) + b"\n")
+            sys.stdout.flush()
         else:
             colour, limit, width = terminal_layout(sys.stdout, args.all)
             text = render(doc, colour, limit, width)

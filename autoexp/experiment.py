@@ -134,15 +134,17 @@ def find(exp: str | os.PathLike | None = None, output: str | None = None) -> Pat
 # --------------------------------------------------------------------------- a running experiment
 
 def status(exp: str | os.PathLike | None = None, output: str | None = None, refresh: bool = False,
-           history: bool = True) -> dict:
+           history: bool = True, raw: list[bytes] | None = None) -> dict:
     """What ``autoexp status --json`` prints: the state plus the sidecar's health and the progress.
 
     Reads state.json only; with ``refresh`` and no live sidecar, first reconciles it once with the
     scheduler (one sidecar poll), so a stopped experiment still shows the truth. ``history=False``
     leaves the history list empty: the table does not show it, and it is a third of the read.
+    ``raw`` (a list) gets state.json's bytes, whose runs and history are then not parsed: see
+    statusview.json_bytes.
     """
     exp_dir = find(exp, output)
-    st = statefile.read_shared(exp_dir, history=history)
+    st = statefile.read_shared(exp_dir, history=history, raw=raw)
     if refresh and statusview.health(st, exp_dir)["sidecar"] not in ("alive", "starting"):
         from . import sidecar
 
@@ -151,8 +153,8 @@ def status(exp: str | os.PathLike | None = None, output: str | None = None, refr
         except PermissionError as err:
             raise AutoexpError(f"{exp_dir}: --refresh must write the state, and cannot: {err.strerror} "
                                "(whoever launched it can refresh it)") from None
-        st = statefile.read_shared(exp_dir, history=history)
-    return statusview.document(exp_dir, st)
+        st = statefile.read_shared(exp_dir, history=history, raw=raw)
+    return statusview.document(exp_dir, st, raw=raw[-1] if raw else None)
 
 
 def experiments(output: str | None = None) -> list[dict]:

@@ -7,6 +7,7 @@ between the two writes is noticed and the file is rebuilt whole from the history
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ def human_time(iso: str | None) -> str:
     return iso.replace("T", " ").rstrip("Z") if iso else "-"
 
 
+@functools.lru_cache(maxsize=4096)  # the summary shows every run's elapsed time, twice at the end
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

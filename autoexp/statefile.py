@@ -35,6 +35,7 @@ SUMMARY = "experiment_summary.md"
 EVENTS = "events.log"
 HEARTBEAT = "sidecar.heartbeat"  # the lease's heartbeat between state writes (see beat)
 LOCK_TIMEOUT = 60.0
+ENTRIES = {"runs": (b"{", b"}"), "history": (b"[", b"]")}  # written one entry per line (dumps)
 
 
 # --------------------------------------------------------------------------- files
@@ -57,22 +58,44 @@ def loads(data: bytes) -> State:
 
 def without_history(data: bytes) -> bytes:
     """state.json's text with the history list emptied, for readers that do not show it: it is a
-    third of a big state. The list's entries are one per line (see :func:`dumps`), so its end is
-    the first line that starts with `` ]``."""
-    start = data.find(b'\n "history": [\n')
-    if start < 0:
-        return data
-    end = data.find(b"\n ]", start)
-    return data[:start] + b'\n "history": []' + data[end + 3:]
+    third of a big state."""
+    return without_entries(data, ("history",))
 
 
-def read(exp_dir: Path, history: bool = True) -> State:
-    """The state as last written; an unknown directory or a newer schema is an InputError."""
+def span_of(data: bytes, key: str) -> tuple[int, int] | None:
+    """Where the runs' or the history's JSON text is in state.json's ``data`` (see :func:`dumps`:
+    its entries are one per line, and it ends at the first line that starts with `` }`` or `` ]``),
+    or None when the file is not laid out so (an empty one is written ``{}`` or ``[]``)."""
+    open_, close = ENTRIES[key]
+    start = data.find(b'\n "' + key.encode() + b'": ' + open_ + b"\n")
+    end = data.find(b"\n " + close, start) if start >= 0 else -1
+    return (start + len(key) + 6, end + 3) if end >= 0 else None
+
+
+def without_entries(data: bytes, keys: tuple[str, ...] = ("runs", "history")) -> bytes:
+    """state.json's text with the runs and the history emptied where :func:`span_of` finds them."""
+    parts, at = [], 0
+    for start, end in sorted(filter(None, (span_of(data, key) for key in keys))):
+        parts += [data[at:start], b"{}" if data[start:start + 1] == b"{" else b"[]"]
+        at = end
+    return b"".join([*parts, data[at:]])
+
+
+def read(exp_dir: Path, history: bool = True, raw: list[bytes] | None = None) -> State:
+    """The state as last written; an unknown directory or a newer schema is an InputError.
+
+    With ``raw``, the file's bytes are appended to it and the runs' and the history's entries are
+    left unparsed (empty), where :func:`span_of` finds them: for a reader that copies their text
+    (``status --json``: statusview.json_bytes)."""
     file = path(exp_dir)
     try:
         with open(file, "rb") as fh:
             data = fh.read()
-        state = loads(data if history else without_history(data))
+        if raw is not None:
+            raw.append(data)
+            state = loads(without_entries(data))
+        else:
+            state = loads(data if history else without_history(data))
     except FileNotFoundError:
         raise InputError("no state.json: not an autoexp experiment directory", str(exp_dir)) from None
     except (OSError, ValueError) as err:
@@ -198,7 +221,7 @@ def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT, written: list | None = 
                            "autoexp process") from None
 
 
-def read_shared(exp_dir: Path, timeout: float = 2.0, history: bool = True) -> State:
+def read_shared(exp_dir: Path, timeout: float = 2.0, history: bool = True, raw: list[bytes] | None = None) -> State:
     """Read for display: wait briefly for a writer to finish, then read the (atomic) file anyway.
 
     Readers share the lock (``flock(LOCK_SH)`` on the file writers lock exclusively with filelock),
@@ -208,7 +231,7 @@ def read_shared(exp_dir: Path, timeout: float = 2.0, history: bool = True) -> St
     try:
         fd = os.open(Path(exp_dir) / LOCK, os.O_RDONLY)
     except OSError:  # never locked yet, or not readable: the file itself is always whole
-        return read(exp_dir, history)
+        return read(exp_dir, history, raw)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -219,6 +242,6 @@ def read_shared(exp_dir: Path, timeout: float = 2.0, history: bool = True) -> St
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.02)
-        return read(exp_dir, history)
+        return read(exp_dir, history, raw)
     finally:
         os.close(fd)  # releases the shared lock

@@ -21,6 +21,7 @@ The JSON document is the state as written by the sidecar with two keys added:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shlex
@@ -126,20 +127,37 @@ def progress(state: State) -> dict:
             "held": len(state.get("held") or {})}
 
 
-def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None = None) -> dict:
-    """What ``autoexp status --json`` prints (see the module docstring)."""
+def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None = None,
+             raw: bytes | None = None) -> dict:
+    """What ``status --json`` prints (module docstring); ``raw``: the text of a state read without its runs."""
     state = state if state is not None else statefile.read_shared(exp_dir)
     doc = {**state, "health": health(state, exp_dir, now), "progress": progress(state)}
-    staged = stage_counts(state)
+    runs = state["runs"]
+    span = statefile.span_of(raw, "runs") if raw else None
+    if raw and span and b'"stage": ' in raw[span[0]:span[1]]:
+        runs = json.loads(raw[span[0]:span[1]])
+    staged = stage_counts(runs)
     if staged:
         doc["stages"] = staged
     return doc
 
 
-def stage_counts(state: State) -> dict[str, dict[str, int]]:
+def json_bytes(doc: dict, raw: bytes) -> bytes:
+    """``json.dumps(doc)`` on one line, for a document read with its state's bytes ``raw``
+    (:func:`document`): the runs' and the history's text is copied from them, not parsed and
+    encoded again (most of the time ``status --json`` of a big experiment took)."""
+    parts = []
+    for key, value in doc.items():
+        span = statefile.span_of(raw, key) if key in statefile.ENTRIES else None
+        text = raw[span[0]:span[1]].replace(b"\n", b"") if span else json.dumps(value).encode()
+        parts.append(json.dumps(key).encode() + b": " + text)
+    return b"{" + b", ".join(parts) + b"}"
+
+
+def stage_counts(runs: dict[str, Run]) -> dict[str, dict[str, int]]:
     """A staged experiment's counts per stage, in the stages' order ({} for a single stage)."""
     found: dict[str, dict[str, int]] = {}
-    for run in sorted(state["runs"].values(), key=lambda r: r["index"]):
+    for run in sorted(runs.values(), key=lambda r: r["index"]):
         if run.get("stage"):
             counts = found.setdefault(run["stage"], {})
             counts[run["state"]] = counts.get(run["state"], 0) + 1

@@ -145,6 +145,18 @@ def test_json_is_the_state_plus_health_and_progress(workdir):
     for document in (api, doc):
         del document["health"]["age_s"]
     assert api == doc
+    assert run_cli("status", exp, "--json", check=True).stdout.count("\n") == 1  # one line: --watch --json
+
+
+def test_json_of_a_state_written_in_another_layout(workdir):
+    """status --json copies the runs' text from state.json as dumps lays it out; any other valid
+    JSON (written by hand, by another tool) is parsed and printed the same."""
+    exp = planned(workdir, "layout", 4)
+    state = as_if_running(exp, {"run1": "FAILED"})
+    for text in (json.dumps(state), json.dumps(state, indent=1), json.dumps(state, indent=2)):
+        (exp / "state.json").write_text(text)
+        doc = status_json(exp)
+        assert {k: v for k, v in doc.items() if k not in ("health", "progress")} == state
 
 
 def test_the_table_reads_the_state_without_its_history(workdir):
