@@ -251,7 +251,7 @@ def test_the_yaml_rules_hold_with_and_without_libyaml(workdir, monkeypatch):
         path = write_case(workdir, "a: [yes, on, true, 1e-5]\n")
         assert pure.read_yaml(path) == {"a": ["yes", "on", True, 1e-5]}
         path = write_case(workdir, "a: 1\nb: 2\na: 3\n")
-        with pytest.raises(InputError, match="duplicate key 'a' .first at line 1"):
+        with pytest.raises(InputError, match=r"duplicate key 'a' \(first at line 1\)"):
             pure.read_yaml(path)
     finally:
         monkeypatch.undo()
