@@ -176,7 +176,9 @@ class Config:
         return InputError(message, *self.where(key))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None, width=100)
+        # libyaml's emitter when PyYAML has it: the same YAML, several times faster on a long sweep.
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(self.data, Dumper=dumper, sort_keys=False, default_flow_style=None, width=100)
 
     @classmethod
     def from_experiment(cls, exp_dir: Path) -> Config:

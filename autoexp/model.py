@@ -276,8 +276,8 @@ def new_run(index: int, params: dict[str, Any], unit: Any = None) -> Run:
 
 def task_log(exp_dir: Path, run_name: str, array_job: str, task: int, run: Run | None = None) -> str:
     """Where an array task writes its log (the array script's --output, through runs/<run>)."""
-    directory = (run.get("dir") if run else None) or str(Path("runs", run_name))
-    return str(Path(exp_dir) / directory / f"slurm-{array_job}_{task}.out")
+    directory = (run.get("dir") if run else None) or f"runs/{run_name}"
+    return f"{Path(exp_dir) / directory}/slurm-{array_job}_{task}.out"  # one Path per task: 100,000 at launch
 
 
 def drop_waiting(run: Run) -> None:

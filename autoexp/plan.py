@@ -7,26 +7,21 @@ and renamed into place, so an error or a kill never leaves a half-written experi
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import jinja2
-import jinja2.meta
-import jinja2.nodes
 
-from . import arrayspec, model, render, site, stages, statefile, sweep
+from . import arrayspec, model, render, site, stages, statefile, sweep, usertemplates
 from .config import Config
 from .durations import parse_duration
-from .errors import InputError
 
 ARRAY_TEMPLATE = "array.sbatch.j2"
 SIDECAR_TEMPLATE = "sidecar.sbatch.j2"
@@ -106,16 +101,23 @@ class Plan:
             if rel.endswith(".sbatch"):
                 (root / rel).chmod(0o755)
         (root / "runs").mkdir(exist_ok=True)
-        for run in self.runs:
-            (root / run_dir(run)).mkdir(parents=True, exist_ok=True)
+        # Plain os calls on strings: at 100,000 runs, pathlib's overhead costs more than the syscalls.
+        for rel in dict.fromkeys(run_dir(run) for run in self.runs):
+            try:
+                os.mkdir(f"{root}/{rel}")
+            except FileNotFoundError:
+                os.makedirs(f"{root}/{rel}", exist_ok=True)
+            except FileExistsError:
+                pass
         # Slurm names a task's log by its array and task id only; these links let --output put it
         # straight into the run's own directory: .index/<array k>/<task> -> ../../runs/<name>.
         by_index = {run.index: run for run in self.runs}
         for k, array in enumerate(self.arrays):
             index_dir = root / ".index" / str(k)
             index_dir.mkdir(parents=True)
-            for index in sorted(i for i in by_index if array.offset <= i < array.offset + array.count):
-                (index_dir / str(index - array.offset)).symlink_to(Path("..", "..", run_dir(by_index[index])))
+            for index in range(array.offset, array.offset + array.count):
+                if index in by_index:
+                    os.symlink(f"../../{run_dir(by_index[index])}", f"{index_dir}/{index - array.offset}")
         if any(array.trigger for array in self.arrays):
             (root / "triggers").mkdir()  # what the sidecar writes for each unit it makes
         (root / "logs").mkdir()
@@ -183,70 +185,17 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _template(env: jinja2.Environment, config: Config, key: str, default: str) -> tuple[jinja2.Template, tuple, set]:
-    """The stock template ``default``, or the user's file named by config key ``key`` (a relative
-    path is taken from the directory of the file that set it, the config or a site)."""
-    user = config.get(key)
-    if not user:
-        assert env.loader is not None  # environment() sets the stock templates' loader
-        source = env.loader.get_source(env, default)[0]
-        return _checked(env, source, ("", f"templates/{default}"))
-    origin = Path(config.where(key)[0])
-    path = Path(user).expanduser()
-    if not path.is_absolute():
-        path = (origin.parent if origin.is_file() else Path.cwd()) / path
-    try:
-        source = path.read_text()
-    except OSError as err:
-        raise InputError(f"cannot read template {str(path)!r}: {err.strerror}", *config.where(key)) from None
-    return _checked(env, source, (str(path), key))
-
-
-def _checked(env: jinja2.Environment, source: str, where: tuple) -> tuple[jinja2.Template, tuple, set]:
-    """Compile a template, refusing a block the stock template it extends does not have (a misspelt
-    override would otherwise be ignored); also return the names it uses, which :func:`_render`
-    checks against the context, so a misspelt name fails even in a branch this plan does not take."""
-    try:
-        tree = env.parse(source)
-        parent = next(tree.find_all(jinja2.nodes.Extends), None)
-        if parent is not None and isinstance(parent.template, jinja2.nodes.Const):
-            blocks = env.get_template(parent.template.value).blocks
-            for block in (n for n in tree.body if isinstance(n, jinja2.nodes.Block)):
-                if block.name not in blocks:
-                    guess = difflib.get_close_matches(block.name, list(blocks), n=1)
-                    hint = f"did you mean '{guess[0]}'?" if guess else f"its blocks: {', '.join(blocks)}"
-                    raise InputError(f"block '{block.name}' is not in {parent.template.value} ({hint})", *where)
-        template = env.from_string(tree)
-    except jinja2.TemplateSyntaxError as err:
-        raise InputError(f"template syntax error line {err.lineno}: {err.message}", *where) from None
-    except jinja2.TemplateNotFound as err:
-        raise InputError(f"extends unknown template {err.name!r} (stock templates: "
-                         f"{', '.join(env.list_templates('j2'))})", *where) from None
-    return template, where, jinja2.meta.find_undeclared_variables(tree) - set(env.globals)
-
-
-def _render(template: jinja2.Template, context: dict, where: tuple, names: Collection[str] = frozenset()) -> str:
-    unknown = sorted(set(names) - set(context))
-    if unknown:
-        raise InputError(render.undefined_message(f"'{unknown[0]}' is undefined", context), *where)
-    try:
-        return template.render(context)
-    except jinja2.UndefinedError as err:
-        raise InputError(render.undefined_message(str(err.message), context), *where) from None
-    except jinja2.TemplateError as err:
-        raise InputError(f"template error: {err}", *where) from None
-
-
-def run_dir(run) -> Path:
-    """A run's directory relative to the experiment: ``runs/<name>``, or a stage unit's own."""
-    return Path(getattr(run, "dir", None) or Path("runs", run.name))
+def run_dir(run) -> str:
+    """A run's directory relative to the experiment: ``runs/<name>``, or a stage unit's own (both
+    normalized already: sweep.check_name refuses a name with '/' or that is '.' or '..')."""
+    return getattr(run, "dir", None) or f"runs/{run.name}"
 
 
 def task_context(config: Config, run, exp_dir: Path) -> dict:
     """What ``command``, ``env`` and ``setup`` templates see for one run (or stage unit: then
     ``run_name`` and ``run_dir`` are its sweep point's, shared by its stages, and ``stage`` is set)."""
     context = {**run.params, "run_name": getattr(run, "point", run.name), "run_index": run.index,
-               "run_dir": str(exp_dir / run_dir(run)), "exp_dir": str(exp_dir),
+               "run_dir": f"{exp_dir}/{run_dir(run)}", "exp_dir": str(exp_dir),
                "config_dir": str(Path(config.source).absolute().parent),
                "attempt": render.ShellVar("AUTOEXP_ATTEMPT")}
     if hasattr(run, "stage"):
@@ -265,7 +214,7 @@ def render_task(config: Config, run, exp_dir: Path, own: dict | None = None, key
         raise config.error(f"{key}command", "renders to an empty command")
     return {
         "index": run.index, "name": run.name, "dir": context["run_dir"] if not hasattr(run, "stage")
-        else str(exp_dir / run_dir(run)), "command": command,
+        else f"{exp_dir}/{run_dir(run)}", "command": command,
         "env": [(name, render.render(str(value), context, "word", config.where(f"{key}env.{name}")))
                 for name, value in (own.get("env") or {}).items()],
         "setup": [render.render(line, context, "line", config.where(f"{key}setup[{i}]"))
@@ -329,13 +278,13 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     mode = sidecar_mode(config, scheduler_name)
 
     tasks_template = env.get_template(TASKS_TEMPLATE)
-    plan.files["tasks.sh"] = _render(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
+    plan.files["tasks.sh"] = usertemplates.render_template(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
 
-    array_template, where, names = _template(env, config, "template", ARRAY_TEMPLATE)
+    array_template, where, names = usertemplates.load(env, config, "template", ARRAY_TEMPLATE)
     for k, array in enumerate(arrays):
         slurm = stages.settings(config.data, array.stage)["slurm"] if array.stage else config["slurm"]
         context = array_context(config, common, k, array, slurm, len(runs), mode)
-        plan.files[array.script] = _render(array_template, context, where, names)
+        plan.files[array.script] = usertemplates.render_template(array_template, context, where, names)
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common, mode)
     plan.files["config.yaml"] = config.to_yaml()
@@ -380,8 +329,8 @@ def render_sidecar(env: jinja2.Environment, config: Config, common: dict, mode: 
                "output": slurm_path(Path(common["exp_dir"]) / "logs", config, "sidecar-%j.out"),
                "sbatch_lines": sbatch_lines(options), "sidecar_args": "",
                "mode": mode}
-    template, where, names = _template(env, config, "sidecar_template", SIDECAR_TEMPLATE)
-    return _render(template, context, where, names)
+    template, where, names = usertemplates.load(env, config, "sidecar_template", SIDECAR_TEMPLATE)
+    return usertemplates.render_template(template, context, where, names)
 
 
 def launch_context(config: Config) -> dict:

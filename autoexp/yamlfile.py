@@ -16,11 +16,15 @@ from .schema import type_name
 CONCATENATED = {"setup", "container.binds"}
 
 
-class Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it (about ten times faster on a long sweep list); the
+# constructors and resolvers below are the same Python ones either way.
+_BASE: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class Loader(_BASE):
     """YAML as PyYAML reads it, with two YAML 1.2 rules: ``1e-5`` is a float, not a string, and only
     ``true``/``false`` are booleans, so ``on:`` (retries.on) is a key and ``yes``/``no``/``off``
     are strings, not YAML 1.1's booleans."""
-
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         """A key written twice is refused: the later one would silently win (and drop, say, the

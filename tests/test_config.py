@@ -233,6 +233,31 @@ def test_only_true_and_false_are_booleans(workdir):
     assert configmod.parse_override("slurm.exclusive=true") == ("slurm.exclusive", True)
 
 
+def test_the_yaml_rules_hold_with_and_without_libyaml(workdir, monkeypatch):
+    """Configs are parsed by libyaml when PyYAML has it (fast on a 100,000-point list), else by
+    the pure-Python parser; either way only true/false are booleans, 1e-5 is a float and a key
+    written twice is refused."""
+    import importlib
+
+    from autoexp import yamlfile
+    from autoexp.errors import InputError
+
+    if yaml.__with_libyaml__:
+        assert issubclass(yamlfile.Loader, yaml.CSafeLoader)
+    monkeypatch.delattr(yaml, "CSafeLoader")
+    pure = importlib.reload(yamlfile)
+    try:
+        assert pure.Loader.__bases__ == (yaml.SafeLoader,)
+        path = write_case(workdir, "a: [yes, on, true, 1e-5]\n")
+        assert pure.read_yaml(path) == {"a": ["yes", "on", True, 1e-5]}
+        path = write_case(workdir, "a: 1\nb: 2\na: 3\n")
+        with pytest.raises(InputError, match=r"duplicate key 'a' \(first at line 1\)"):
+            pure.read_yaml(path)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(yamlfile)
+
+
 def test_sbatch_option_spellings_are_normalised(workdir):
     path = write_case(workdir, variant(slurm={"cpus_per_task": 4, "exclusive": True, "qos": None}))
     cfg = configmod.load(path)
