@@ -50,12 +50,15 @@ def final_value(run: dict, metric: str) -> float | None:
 
 
 def ranked(doc: dict, metric: str | None, goal: str) -> list[str]:
-    """Run names, best ``metric`` first (``goal`` min or max); runs without a value last."""
+    """Run names, best ``metric`` first (``goal`` min or max); a run that failed, timed out or was
+    cancelled after those that did not, whatever its last value (a curve cut short is no result);
+    runs without a value last."""
     def key(name: str):
-        value = final_value(doc["runs"][name], metric) if metric else None
+        run = doc["runs"][name]
+        value = final_value(run, metric) if metric else None
         if value is None:
-            return (1, 0.0, doc["runs"][name]["index"])
-        return (0, value if goal == "min" else -value, doc["runs"][name]["index"])
+            return (2, 0.0, run["index"])
+        return (int(run.get("state") in jobstates.PROBLEM), value if goal == "min" else -value, run["index"])
     return sorted(doc["runs"], key=key)
 
 

@@ -104,6 +104,8 @@ def test_the_report_in_a_headless_browser(finished):
     assert timeline.count('class="trace bars"') == 3  # waiting, then completed or failed
     ranking = html[html.index('id="ranking"'):html.index('id="attempts"')]
     assert ranking.count("<tr>") == 9 and "slurm-" in ranking  # a header and a row per run
+    # The failed run printed the lowest loss, yet ranks after every run that completed.
+    assert ranking.rindex("COMPLETED") < ranking.index("rank64_lr5e-05"), ranking
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
