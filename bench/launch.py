@@ -88,6 +88,18 @@ def submitit_baseline(tmp: Path, n: int) -> tuple[float, list[str]]:
     return took, sorted({job.job_id.split("_")[0] for job in jobs})
 
 
+def measured(way, tmp: Path, n: int, count: Path, width: int) -> str:
+    """A baseline's columns: its time and its sbatch calls (its jobs cancelled once counted)."""
+    took, ids = way(tmp, n)
+    made = calls(count)
+    cancel(ids)
+    return f"{took:>{width}.2f} | {made:>12}"
+
+
+def skipped(width: int) -> str:
+    return f"{'skipped':>{width}} | {'-':>12}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
@@ -112,20 +124,8 @@ def main() -> None:
             launch_calls = calls(count)
             cancel([*result.arrays, result.sidecar])
 
-            if n <= args.baseline_max:
-                base_s, ids = baseline(tmp, n)
-                base_calls = calls(count)
-                cancel(ids)
-                base = f"{base_s:>14.2f} | {base_calls:>12}"
-            else:
-                base = f"{'skipped':>14} | {'-':>12}"
-            if n <= args.submitit_max:
-                peer_s, ids = submitit_baseline(tmp, n)
-                peer_calls = calls(count)
-                cancel(ids)
-                peer = f"{peer_s:>20.2f} | {peer_calls:>12}"
-            else:
-                peer = f"{'skipped':>20} | {'-':>12}"
+            base = measured(baseline, tmp, n, count, 14) if n <= args.baseline_max else skipped(14)
+            peer = measured(submitit_baseline, tmp, n, count, 20) if n <= args.submitit_max else skipped(20)
             print(f"{n:>6} | {plan_s:>7.2f} | {launch_s:>8.2f} | {launch_calls:>12} | {base} | {peer}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
