@@ -108,6 +108,19 @@ def summary_rows(exp) -> dict[str, list[str]]:
     return rows
 
 
+def resume_to_the_end(exp, workdir) -> dict:
+    """`autoexp resume` until it submits a new sidecar, then wait for the end: the final state,
+    checked against sacct."""
+    def resumed():
+        proc = run_cli("resume", exp, cwd=workdir)
+        assert proc.returncode == 0, proc.stderr
+        return "submitted sidecar job" in proc.stdout
+    wait_for(resumed, timeout=30, interval=2, what="autoexp resume to submit a new sidecar")
+    wait_state_done(exp, timeout=120)
+    wait_sidecars_ended(exp)
+    return assert_agrees_with_sacct(exp)
+
+
 def assert_agrees_with_sacct(exp) -> dict:
     """state.json, the summary table and events.log tell what sacct tells, run by run."""
     st = read_state(exp)
@@ -192,14 +205,7 @@ def test_kill_9_then_resume_misses_nothing_and_counts_nothing_twice(workdir, cle
              what="the killed sidecar to end")
     time.sleep(3)  # runs go on meanwhile; a few transitions happen while nobody watches
 
-    def resumed():
-        proc = run_cli("resume", exp, cwd=workdir)
-        assert proc.returncode == 0, proc.stderr
-        return "submitted sidecar job" in proc.stdout
-    wait_for(resumed, timeout=30, interval=2, what="autoexp resume to submit a new sidecar")
-    wait_state_done(exp, timeout=120)
-    wait_sidecars_ended(exp)
-    st = assert_agrees_with_sacct(exp)
+    st = resume_to_the_end(exp, workdir)
     for name, run in st["runs"].items():
         assert run["state"] == "COMPLETED"
         # the same as an undisturbed run: every transition once, every checkpoint once and in order

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from conftest import autoexp as run_cli, read_state, wait_for, wait_state_done
-from test_sidecar import assert_agrees_with_sacct, changes, launch, sacct_latest, wait_sidecars_ended
+from conftest import autoexp as run_cli, read_state, wait_for
+from test_sidecar import changes, launch, resume_to_the_end, sacct_latest
 
 pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.core]
 
@@ -70,14 +70,7 @@ def test_a_poll_asks_only_for_what_can_still_change_and_a_killed_sidecar_catches
     wait_for(lambda: sacct_latest([first]).get(f"{first}_0", {}).get("state") == "COMPLETED", timeout=180,
              what="nodefail0 to end while no sidecar watches")
 
-    def resumed():
-        proc = run_cli("resume", exp, cwd=workdir)
-        assert proc.returncode == 0, proc.stderr
-        return "submitted sidecar job" in proc.stdout
-    wait_for(resumed, timeout=30, interval=2, what="autoexp resume to submit a new sidecar")
-    wait_state_done(exp, timeout=120)
-    wait_sidecars_ended(exp)
-    st = assert_agrees_with_sacct(exp)
+    st = resume_to_the_end(exp, workdir)
     assert changes(st, "nodefail0") == [("PENDING", "RUNNING"), ("RUNNING", "COMPLETED")]  # caught up, once
     assert all(changes(st, f"true{i}")[-1] == ("RUNNING", "COMPLETED") for i in range(5))
     assert [a["state"] for a in st["runs"]["fail0"]["attempts"]] == ["FAILED", "FAILED"]
