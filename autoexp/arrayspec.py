@@ -54,3 +54,13 @@ def split(tasks: Iterable[int], room: int | None = None, max_len: int = MAX_SPEC
             if left is not None:
                 left -= take
     return groups
+
+
+def expand_range(spec: str) -> list[int]:
+    """An --array value, ``4-9%2`` or ``1,3,5-7``, as task ids (the ``%N`` throttle is dropped)."""
+    spec = spec.split("%")[0]
+    tasks: list[int] = []
+    for word in filter(None, spec.split(",")):
+        lo, _, hi = word.partition("-")
+        tasks.extend(range(int(lo), int(hi or lo) + 1))
+    return tasks

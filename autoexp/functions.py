@@ -38,7 +38,8 @@ from .errors import AutoexpError, InputError, SchedulerError
 from .jobstates import TERMINAL
 from .limits import Room
 from .run import CurrentRun, current_run
-from .scheduler import Submission, expand_range
+from .arrayspec import expand_range
+from .scheduler import Submission
 from .slurm import SlurmScheduler
 
 FOLDER = ".submitit"  # submitit's folder in the experiment: the pickled calls and their results

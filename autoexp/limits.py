@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .arrayspec import expand_range
+
 # sbatch's words when a submission limit refused a job: "no room now", not a failure.
 LIMIT_REFUSAL = re.compile(r"MaxSubmitJob|SubmitJobLimit|GrpSubmitJob|MaxJobCount|"
                            r"temporarily unable to accept job", re.I)
@@ -92,17 +94,8 @@ def queue(text: str) -> list[Queued]:
             continue
         job = fields[0]
         pending = re.match(r"^\d+_\[(.*)\]$", job)
-        found.append(Queued(count(pending.group(1)) if pending else 1, *fields[1:4]))
+        found.append(Queued(len(expand_range(pending.group(1))) if pending else 1, *fields[1:4]))
     return found
-
-
-def count(spec: str) -> int:
-    """How many tasks an --array value names: ``4-9%2,12`` -> 7."""
-    total = 0
-    for word in filter(None, spec.split("%")[0].split(",")):
-        lo, _, hi = word.partition("-")
-        total += int(hi or lo) - int(lo) + 1
-    return total
 
 
 def room(limits: list[Limit], queued: list[Queued]) -> Room:

@@ -24,7 +24,8 @@ import psutil
 from .durations import slurm_time_seconds
 from .errors import SchedulerError
 from .clock import now, parse_time
-from .scheduler import JobRecord, Scheduler, Submission, expand_range
+from .arrayspec import expand_range
+from .scheduler import JobRecord, Scheduler, Submission
 from .slurm import read_directives
 from .statefile import atomic_write
 

@@ -106,13 +106,3 @@ class Scheduler(abc.ABC):
     def mute_mail(self, job_id: str) -> None:
         """Stop the job's end-of-job mail (a sidecar handing over is not the experiment's end)."""
         return None
-
-
-def expand_range(spec: str) -> list[int]:
-    """An --array value, ``4-9%2`` or ``1,3,5-7``, as task ids (the ``%N`` throttle is dropped)."""
-    spec = spec.split("%")[0]
-    tasks: list[int] = []
-    for part in filter(None, spec.split(",")):
-        lo, _, hi = part.partition("-")
-        tasks.extend(range(int(lo), int(hi or lo) + 1))
-    return tasks

@@ -23,7 +23,8 @@ from . import limits
 from .durations import slurm_time_seconds
 from .errors import SchedulerError, SchedulerFull, SchedulerTimeout
 from .limits import Limit, Room
-from .scheduler import JobRecord, Scheduler, Submission, expand_range
+from .arrayspec import expand_range
+from .scheduler import JobRecord, Scheduler, Submission
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
                 "NodeList")

@@ -20,7 +20,8 @@ import pytest
 
 from autoexp import actions, arrayspec, limits, model, statefile
 from autoexp.limits import Limit, Room
-from autoexp.scheduler import Scheduler, Submission, expand_range
+from autoexp.arrayspec import expand_range
+from autoexp.scheduler import Scheduler, Submission
 from autoexp.errors import SchedulerError
 from autoexp.slurm import SlurmScheduler, parse_config
 from conftest import autoexp as run_cli, read_state, wait_for, wait_state_done, write_config

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autoexp.slurm import expand_range, parse_config, parse_end_time, parse_sacct
+from autoexp.arrayspec import expand_range
+from autoexp.slurm import parse_config, parse_end_time, parse_sacct
 
 DATA = Path(__file__).parent / "data"
 

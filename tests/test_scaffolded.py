@@ -14,7 +14,7 @@ import pytest
 import autoexp
 from autoexp import scaffolded, seedviews
 from autoexp.errors import InputError
-from autoexp.scheduler import expand_range
+from autoexp.arrayspec import expand_range
 from conftest import autoexp as run_cli, read_state, sacct_rows, wait_for, wait_state_done
 
 slurm_only = pytest.mark.usefixtures("slurm")
