@@ -92,8 +92,41 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def summary(state: State) -> str:
+class Rows:
+    """The summary's row of each run, kept with the hash of the run's encoding in state.json: a
+    sidecar writing the summary of 10,000 runs again after 100 changed formats 100 rows, not
+    10,000 (a run encoded alike shows alike). One experiment's at a time."""
+
+    def __init__(self) -> None:
+        self.exp_dir: str | None = None
+        self.rows: dict[str, tuple[int, str]] = {}
+
+    def row(self, name: str, run: Run, axis: list[str], exp_dir: str, encoded: int | None) -> str:
+        if encoded is None:
+            return table_row(name, run, axis, exp_dir)
+        if exp_dir != self.exp_dir:
+            self.exp_dir, self.rows = exp_dir, {}
+        key = hash((encoded, *axis))
+        kept = self.rows.get(name)
+        if kept is None or kept[0] != key:
+            kept = self.rows[name] = (key, table_row(name, run, axis, exp_dir))
+        return kept[1]
+
+
+ROWS = Rows()
+
+
+def table_row(name: str, run: Run, axis: list[str], exp_dir: str) -> str:
+    cells = [run["point"], *(str((run.get("axis") or {}).get(k, "-")) for k in axis)] if axis else [name]
+    return "| " + " | ".join(_cell(c) for c in cells) + f" | {run['state']} | {run.get('job_id') or '-'} | " \
+        f"{human_time(run.get('started'))} | {human_time(run.get('completed'))} | {_cell(notes(run, exp_dir))} |"
+
+
+def summary(state: State, encoded: dict[str, int] | None = None) -> str:
+    """experiment_summary.md; ``encoded``: the hash of each run's text in state.json (as
+    statefile.dumps wrote it), to reuse the rows of unchanged runs."""
     exp_dir = state.get("exp_dir", "")
+    encoded = encoded or {}
     lines = [f"# Experiment: {state['experiment']}", "",
              f"Updated {human_time(state['updated'])} UTC. {counts_text(state, sep=': ')}."]
     sidecar = state.get("sidecar") or {}
@@ -114,11 +147,7 @@ def summary(state: State) -> str:
         head = [*first, "Status", "Job ID", "Started", "Completed", "Notes"]
         lines += ["", f"## {title}", "", "| " + " | ".join(head) + " |",
                   "|" + "|".join("-" * (len(h) + 2) for h in head) + "|"]
-        for name, run in rows:
-            cells = [run["point"], *(str((run.get("axis") or {}).get(k, "-")) for k in axis)] if axis else [name]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + f" | {run['state']} | "
-                         f"{run.get('job_id') or '-'} | {human_time(run.get('started'))} | "
-                         f"{human_time(run.get('completed'))} | {_cell(notes(run, exp_dir))} |")
+        lines += [ROWS.row(name, run, axis, exp_dir, encoded.get(name)) for name, run in rows]
     if state.get("done"):
         lines += ["", "## Final status", ""]
         by_state: dict[str, list[str]] = {}

@@ -18,7 +18,7 @@ from .jobstates import TERMINAL
 from .limits import Room
 
 
-@dataclass
+@dataclass(slots=True)  # a poll of 10,000 tasks holds 10,000 of them
 class JobRecord:
     """One allocation of one job or array task, as accounting reports it."""
 

@@ -75,7 +75,12 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
     the answer shows nothing new, reading and writing it at all (an array submitted since by
     someone else rewrote state.json: this poll is then a full one).
     """
-    exp_dir = Path(exp_dir)
+    with statefile.collector_paused():
+        return _poll(Path(exp_dir), sched, settings, lease, query, targets)
+
+
+def _poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None, query: bool,
+          targets: Watch | None) -> PollResult:
     result = PollResult()
     started = time.monotonic()
     watch = targets or Watch(*query_targets(statefile.read(exp_dir)))
@@ -97,7 +102,9 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
         result.work_s = time.monotonic() - started - result.query_s
         return result
     written: list = []
-    with statefile.locked(exp_dir, written=written) as st:
+    known = (watch.stamp, watch.state) if watch.stamp is not None and watch.state is not None else None
+    watch.state = None  # changed from here on: only this poll's finished write makes it the file's again
+    with statefile.locked(exp_dir, written=written, known=known) as st:
         if lease is not None and not holds(st, lease):
             raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
         work = Poll(exp_dir, st, sched, settings, result)
@@ -117,6 +124,7 @@ def poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None 
         result.targets = Watch(ids, since, answer=fingerprint(within(records, ids, since)) if applied and records
                                else None, logs=logs_read(st, settings), due=due(st, settings, work.now))
     result.targets.stamp = written[0] if written else None
+    result.targets.state = st if written else None
     result.work_s = time.monotonic() - started - result.query_s
     return result
 

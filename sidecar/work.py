@@ -28,6 +28,7 @@ class Watch:
     logs: dict[str, int | None] = field(default_factory=dict)  # log still read -> its size then
     due: float = 0.0  # epoch: a full poll by then, whatever the answer
     quiet: int = 0  # polls since the last full one that found nothing new
+    state: State | None = None  # the state as written at ``stamp``: the next full poll starts from it
 
 
 @dataclass
