@@ -181,16 +181,16 @@ def dumps(state: State, hashes: dict[str, int] | None = None) -> Iterator[bytes]
     so grep and diff stay useful (and :func:`span_of` finds the runs and the history without
     parsing). Each line is written as it is encoded: 10,000 runs' encodings never all in memory.
     ``hashes``, when given, receives the hash of each run's encoding (the summary reuses rows by it)."""
+    document: dict[str, Any] = dict(state)
     yield b"{"
-    for k, (key, value) in enumerate(state.items()):
+    for k, (key, value) in enumerate(document.items()):
         yield (b"\n " if k == 0 else b",\n ") + encode(key) + b": "
         if key not in ENTRIES or not value:
             yield encode(value)
             continue
         open_, close = ENTRIES[key]
         yield open_
-        entries: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
-        for n, (name, entry) in enumerate(entries):
+        for n, (name, entry) in enumerate(value.items() if isinstance(value, dict) else enumerate(value)):
             line = encode(entry)
             if hashes is not None and key == "runs":
                 hashes[name] = hash(line)
