@@ -240,10 +240,11 @@ def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None
     st["arrays"].append(model.new_array(job_id, spec.split("%")[0], attempt, intent["script"], offset, when,
                                         reason))
     given = intent.get("given") or {}
+    logs = model.array_logs(st.get("plan"), intent["script"])
     for index, name, number in intent["runs"]:
         task = index - offset
         run = st["runs"][name]
-        record = model.new_attempt(number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task, run),
+        record = model.new_attempt(number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task, run, logs),
                                    given=given.get(name))
         if run.get("after"):
             record["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
