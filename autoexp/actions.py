@@ -244,8 +244,8 @@ def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None
     for index, name, number in intent["runs"]:
         task = index - offset
         run = st["runs"][name]
-        record = model.new_attempt(number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task, run, logs),
-                                   given=given.get(name))
+        log = model.task_log(exp_dir, name, job_id, task, run, logs)
+        record = model.new_attempt(number, f"{job_id}_{task}", when, log, given=given.get(name))
         if run.get("after"):
             record["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
         run.pop("skipped", None)
