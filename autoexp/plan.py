@@ -181,12 +181,16 @@ def run_dir(run) -> str:
     return getattr(run, "dir", None) or f"runs/{run.name}"
 
 
+ATTEMPT = render.ShellVar("AUTOEXP_ATTEMPT")  # known when the task starts
+
+
 def task_context(config: Config, run, exp_dir: Path) -> dict:
     """What ``command``, ``env`` and ``setup`` templates see for one run (or stage unit: then
     ``run_name`` and ``run_dir`` are its sweep point's, shared by its stages, and ``stage`` is set)."""
+    exp = str(exp_dir)
     context = {**run.params, "run_name": getattr(run, "point", run.name), "run_index": run.index,
-               "run_dir": f"{exp_dir}/{run_dir(run)}", "exp_dir": str(exp_dir),
-               "config_dir": directory_of(config.source), "attempt": render.ShellVar("AUTOEXP_ATTEMPT")}
+               "run_dir": f"{exp}/{run_dir(run)}", "exp_dir": exp, "config_dir": directory_of(config.source),
+               "attempt": ATTEMPT}
     if hasattr(run, "stage"):
         context["stage"] = run.stage
     return context

@@ -59,7 +59,7 @@ def double_quoted(rendered: str) -> str:
     """One double-quoted shell word: ``$`` expands in the config's own text, never in values."""
     parts = []
     for i, piece in enumerate(_FENCED.split(rendered)):
-        escaped = re.sub(r'(["\\`])', r"\\\1", piece)
+        escaped = piece.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")  # re.sub's cost, 100,000 times
         parts.append(escaped.replace("$", "\\$") if i % 2 else escaped)
     return '"' + "".join(parts) + '"'
 
