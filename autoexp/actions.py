@@ -62,14 +62,17 @@ def submit_runs(exp_dir: Path, st: State, sched: Scheduler, names: list[str], re
     free, why = room.free, room.why
     submitted: list[str] = []
     sent: set[str] = set()
+    # Each array's runs by bisection, not every name per array: 100,000 runs in 100 arrays
+    # (MaxArraySize 1001) would be 10 million look-ups.
+    indexed = sorted((st["runs"][name]["index"], name) for name in names)
+    keys = [index for index, _ in indexed]
     try:
         previous = None
         for array in plan["arrays"]:
             lo, hi = array["offset"], array["offset"] + array["count"]
             sets: dict[tuple[tuple[str, ...], str], list[tuple[int, str]]] = {}
-            for name in names:
-                ready = all(st["runs"][other]["job_id"] for other in st["runs"][name].get("after") or [])
-                if lo <= st["runs"][name]["index"] < hi and ready:
+            for _, name in indexed[bisect.bisect_left(keys, lo):bisect.bisect_left(keys, hi)]:
+                if all(st["runs"][other]["job_id"] for other in st["runs"][name].get("after") or []):
                     key = (tuple(resource_options(given.get(name))), stage_waits(st, name))
                     sets.setdefault(key, []).append((st["runs"][name]["index"], name))
             for (resources, waits), chosen in sorted(sets.items()):
@@ -240,11 +243,12 @@ def _record_array(exp_dir: Path, st: State, job_id: str, intent: Intent) -> None
     st["arrays"].append(model.new_array(job_id, spec.split("%")[0], attempt, intent["script"], offset, when,
                                         reason))
     given = intent.get("given") or {}
+    logs = model.array_logs(st.get("plan"), intent["script"])
     for index, name, number in intent["runs"]:
         task = index - offset
         run = st["runs"][name]
-        record = model.new_attempt(number, f"{job_id}_{task}", when, model.task_log(exp_dir, name, job_id, task, run),
-                                   given=given.get(name))
+        log = model.task_log(exp_dir, name, job_id, task, run, logs)
+        record = model.new_attempt(number, f"{job_id}_{task}", when, log, given=given.get(name))
         if run.get("after"):
             record["after_jobs"] = {other: st["runs"][other]["job_id"] for other in run["after"]}
         run.pop("skipped", None)

@@ -71,13 +71,14 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
         return result
     check_python(config)
     exp_dir = built.write()
-    result.sidecar, result.arrays = submit_planned(exp_dir, sched)
+    result.sidecar, result.arrays = submit_planned(exp_dir, sched, config_data=config.data)
     return result
 
 
-def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = None) -> tuple[str, list[str]]:
+def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = None,
+                   config_data: dict | None = None) -> tuple[str, list[str]]:
     """Submit the sidecar (in mode carried, its watchdog) and the planned runs (``names``, default
-    all): the sidecar's id and the arrays'.
+    all): the sidecar's id and the arrays'. ``config_data``: the experiment's config, if at hand.
 
     The sidecar goes first so that it does not queue behind its own array; the lock is held
     across the submissions, so its first poll waits until every id is recorded. The site's limits
@@ -88,7 +89,7 @@ def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = No
         room = actions.room_for(exp_dir, st, sched, runs, reserve=1)
         from .sidecar.settings import Settings  # the sidecar's package stays off status's import path
 
-        settings = Settings.load(exp_dir)
+        settings = Settings.load(exp_dir, config_data)
         if settings.mode == "carried" and sched.name == "slurm":  # the tasks carry the sidecar's polls
             sidecar = actions.submit_watchdog(exp_dir, st, sched, settings.watchdog)
         else:

@@ -34,7 +34,7 @@ class Attempt(TypedDict):
     elapsed_s: int | None
     exit_code: str | None
     nodes: str | None
-    log: str  # where the task writes (runs/<run>/slurm-<array>_<task>.out)
+    log: str  # where the task writes (logs/<script>/slurm-<array>_<task>.out, see task_log)
     requeued: NotRequired[bool]  # Slurm put the same task back in the queue
     reason: NotRequired[str]  # what follows the state in accounting ("by 1000")
     ended_seen: NotRequired[str]  # when a poll first saw it ended
@@ -156,6 +156,8 @@ class Plan(TypedDict):
     max_parallel: int | None
     config_dir: NotRequired[str]  # the config file's directory (templates re-rendered for a retry)
     max_queued: NotRequired[int | None]  # the config's cap on queued tasks (autoexp/limits.py)
+    task_logs: NotRequired[str]  # where tasks' logs go: <task_logs>/<script>/ (see array_logs); absent
+    # in a plan of an earlier version, whose scripts write them through .index/ into each run's directory
 
 
 class Query(TypedDict, total=False):
@@ -244,7 +246,22 @@ def new_plan(arrays: Iterable[ArraySpec], sidecar: str, max_parallel: int | None
             array["trigger"] = a.trigger
         planned.append(array)
     return {"arrays": planned, "sidecar": sidecar, "max_parallel": max_parallel, "config_dir": config_dir,
-            "max_queued": max_queued}
+            "max_queued": max_queued, "task_logs": TASK_LOGS}
+
+
+TASK_LOGS = "logs"
+
+
+def script_logs(script: str) -> str:
+    """The directory, relative to the experiment, that an array script's tasks write their logs in
+    (its --output): ``logs/<script without .sbatch>/``, made by plan, so that a launch creates
+    nothing per run (each task makes its run's directory and links its log there)."""
+    return f"{TASK_LOGS}/{script.removesuffix('.sbatch')}"
+
+
+def array_logs(plan: Plan | None, script: str) -> str | None:
+    """script_logs, or None for a plan of an earlier version (its scripts write into each run's directory)."""
+    return script_logs(script) if plan and plan.get("task_logs") else None
 
 
 def query_of(state: State) -> Query:
@@ -274,8 +291,12 @@ def new_run(index: int, params: dict[str, Any], unit: Any = None) -> Run:
     return run
 
 
-def task_log(exp_dir: Path, run_name: str, array_job: str, task: int, run: Run | None = None) -> str:
-    """Where an array task writes its log (the array script's --output, through runs/<run>)."""
+def task_log(exp_dir: Path, run_name: str, array_job: str, task: int, run: Run | None = None,
+             logs: str | None = None) -> str:
+    """Where an array task writes its log (the array script's --output): in ``logs`` (array_logs),
+    else, in an experiment planned by an earlier version, through .index/ into runs/<run>."""
+    if logs:
+        return f"{exp_dir}/{logs}/slurm-{array_job}_{task}.out"
     directory = (run.get("dir") if run else None) or f"runs/{run_name}"
     return f"{Path(exp_dir) / directory}/slurm-{array_job}_{task}.out"  # one Path per task: 100,000 at launch
 

@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -100,27 +101,16 @@ class Plan:
             (root / rel).write_text(content)
             if rel.endswith(".sbatch"):
                 (root / rel).chmod(0o755)
+        # Nothing per run: metadata operations are slow on a shared file system (Lustre's metadata
+        # server) and a launch of 100,000 runs must not wait for 100,000 of them. Slurm writes each
+        # task's log to its array's directory logs/<script>/; the task makes its run's directory and
+        # links the log there (templates/array.sbatch.j2).
         (root / "runs").mkdir(exist_ok=True)
-        # Plain os calls on strings: at 100,000 runs, pathlib's overhead costs more than the syscalls.
-        for rel in dict.fromkeys(run_dir(run) for run in self.runs):
-            try:
-                os.mkdir(f"{root}/{rel}")
-            except FileNotFoundError:
-                os.makedirs(f"{root}/{rel}", exist_ok=True)
-            except FileExistsError:
-                pass
-        # Slurm names a task's log by its array and task id only; these links let --output put it
-        # straight into the run's own directory: .index/<array k>/<task> -> ../../runs/<name>.
-        by_index = {run.index: run for run in self.runs}
-        for k, array in enumerate(self.arrays):
-            index_dir = root / ".index" / str(k)
-            index_dir.mkdir(parents=True)
-            for index in range(array.offset, array.offset + array.count):
-                if index in by_index:
-                    os.symlink(f"../../{run_dir(by_index[index])}", f"{index_dir}/{index - array.offset}")
+        (root / "logs").mkdir(exist_ok=True)
+        for array in self.arrays:
+            (root / model.script_logs(array.script)).mkdir(parents=True, exist_ok=True)
         if any(array.trigger for array in self.arrays):
             (root / "triggers").mkdir()  # what the sidecar writes for each unit it makes
-        (root / "logs").mkdir()
         plan = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"),
                               str(Path(self.config.source).absolute().parent), self.config.get("max_queued"))
         st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
@@ -191,16 +181,25 @@ def run_dir(run) -> str:
     return getattr(run, "dir", None) or f"runs/{run.name}"
 
 
+ATTEMPT = render.ShellVar("AUTOEXP_ATTEMPT")  # known when the task starts
+
+
 def task_context(config: Config, run, exp_dir: Path) -> dict:
     """What ``command``, ``env`` and ``setup`` templates see for one run (or stage unit: then
     ``run_name`` and ``run_dir`` are its sweep point's, shared by its stages, and ``stage`` is set)."""
+    exp = str(exp_dir)
     context = {**run.params, "run_name": getattr(run, "point", run.name), "run_index": run.index,
-               "run_dir": f"{exp_dir}/{run_dir(run)}", "exp_dir": str(exp_dir),
-               "config_dir": str(Path(config.source).absolute().parent),
-               "attempt": render.ShellVar("AUTOEXP_ATTEMPT")}
+               "run_dir": f"{exp}/{run_dir(run)}", "exp_dir": exp, "config_dir": directory_of(config.source),
+               "attempt": ATTEMPT}
     if hasattr(run, "stage"):
         context["stage"] = run.stage
     return context
+
+
+@lru_cache(maxsize=8)
+def directory_of(source: str) -> str:
+    """The config file's directory (once per plan, not once per run)."""
+    return str(Path(source).absolute().parent)
 
 
 def render_task(config: Config, run, exp_dir: Path, own: dict | None = None, key: str = "",
@@ -281,24 +280,26 @@ def build(config: Config, scheduler_name: str, max_array_size: int) -> Plan:
     plan.files["tasks.sh"] = usertemplates.render_template(tasks_template, {**common, "tasks": tasks}, ("", "tasks.sh"))
 
     array_template, where, names = usertemplates.load(env, config, "template", ARRAY_TEMPLATE)
-    for k, array in enumerate(arrays):
+    for array in arrays:
         slurm = stages.settings(config.data, array.stage)["slurm"] if array.stage else config["slurm"]
-        context = array_context(config, common, k, array, slurm, len(runs), mode)
+        context = array_context(config, common, array, slurm, len(runs), mode)
         plan.files[array.script] = usertemplates.render_template(array_template, context, where, names)
 
     plan.files["sidecar.sbatch"] = render_sidecar(env, config, common, mode)
     plan.files["config.yaml"] = config.to_yaml()
-    plan.files["runs.json"] = json.dumps([run.to_json(exp_dir) for run in runs + cases], indent=1) + "\n"
+    # One run a line: json's C encoder (indent= would take its Python one, 10 times slower).
+    plan.files["runs.json"] = "[\n" + ",\n".join(json.dumps(run.to_json(exp_dir)) for run in runs + cases) + "\n]\n"
     return plan
 
 
-def array_context(config: Config, common: dict, k: int, array: ArrayPlan, slurm: dict, n_runs: int,
+def array_context(config: Config, common: dict, array: ArrayPlan, slurm: dict, n_runs: int,
                   mode: str) -> dict:
-    """What the array template of the ``k``-th array sees; ``slurm`` holds its sbatch options."""
+    """What the array template of ``array`` sees; ``slurm`` holds its sbatch options."""
     job_name = slurm.get("job-name") or f"autoexp-{config.name}" + (f"-{array.stage}" if array.stage else "")
     return {**common, **launch_context(config), "config": config.data,
             "job_name": job_name, "array": array.spec, "offset": array.offset,
-            "output": slurm_path(Path(common["exp_dir"]) / ".index" / str(k), config, "%a/slurm-%A_%a.out"),
+            "output": slurm_path(Path(common["exp_dir"]) / model.script_logs(array.script), config, "slurm-%A_%a.out"),
+            "log_dir": model.script_logs(array.script),
             "sbatch_lines": sbatch_lines({key: v for key, v in slurm.items() if key != "job-name"}),
             "n_runs": n_runs, "requeue": config.get("requeue") or {},
             "start_spacing": parse_duration(config["start_spacing"]) if config.get("start_spacing")

@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import re
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,14 +85,9 @@ class Built:
             statefile.atomic_write(self.root / rel, content)
             if rel.endswith(".sbatch"):
                 (self.root / rel).chmod(0o755)
-        shutil.rmtree(self.root / ".index", ignore_errors=True)  # left by a launch killed before its state
-        for k, array in enumerate(self.arrays):
-            (self.root / ".index" / str(k)).mkdir(parents=True)
-            for unit in self.units:
-                if array.offset <= unit.index < array.offset + array.count:
-                    (self.root / ".index" / str(k) / str(unit.index - array.offset)).symlink_to(
-                        Path("..", "..", unit.dir))
         (self.root / "logs").mkdir(exist_ok=True)
+        for array in self.arrays:  # where Slurm writes the tasks' logs (see plan.Plan._populate)
+            (self.root / model.script_logs(array.script)).mkdir(parents=True, exist_ok=True)
         record = model.new_plan(self.arrays, "sidecar.sbatch", self.config.get("max_parallel"), str(self.root))
         st = model.new_experiment(self.config.name, self.units, self.root, self.scheduler, record)
         st["scaffolded"] = scaffolded.SUMMARY
@@ -249,7 +243,7 @@ def render(built: Built, scripts: list[list[Script]], tasks: list[dict]) -> None
               "python": config.get("python") or sys.executable}
     template = env.get_template(plan.ARRAY_TEMPLATE)
     mode = plan.sidecar_mode(config, built.scheduler)
-    for k, (array, members) in enumerate(zip(built.arrays, scripts)):
+    for array, members in zip(built.arrays, scripts):
         slurm = options(config, members[0])
         mail = {(s.per_run.get("mail-type"), s.per_run.get("mail-user")) for s in members}
         if len(mail) == 1 and next(iter(mail))[0]:  # one mail setting for all its runs: the array's
@@ -258,7 +252,7 @@ def render(built: Built, scripts: list[list[Script]], tasks: list[dict]) -> None
             built.notes.append(f"{array.script}: its runs' scripts ask for different mail (--mail-type, "
                                "--mail-user): the array sends none")
         built.shapes.append(" ".join(plan.sbatch_lines(slurm)) or "(no #SBATCH lines)")
-        built.files[array.script] = template.render(plan.array_context(config, common, k, array, slurm,
+        built.files[array.script] = template.render(plan.array_context(config, common, array, slurm,
                                                                        len(built.units), mode))
     built.files["tasks.sh"] = env.get_template(plan.TASKS_TEMPLATE).render({**common, "tasks": tasks})
     built.files["sidecar.sbatch"] = plan.render_sidecar(env, config, common, mode)

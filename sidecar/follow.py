@@ -97,8 +97,8 @@ class Follow(Policy):
         lines += [f"export {stages.event_variable(g)}={shlex.quote(str(v if v is not None else ''))}"
                   for g, v in values.items()]
         statefile.atomic_write(self.exp_dir / "triggers" / f"{serial}.sh", "\n".join(lines) + "\n")
-        link = self.exp_dir / ".index" / str(k) / str(serial)
-        if not os.path.lexists(link):
+        link = self.exp_dir / ".index" / str(k) / str(serial)  # a plan without task_logs: its script writes there
+        if not self.st["plan"].get("task_logs") and not os.path.lexists(link):
             link.symlink_to(Path("..", "..", unit.dir))
         model.log(self.st, "TRIGGER", name, self.when, Event=trigger["event"],
                   Groups=", ".join(f"{g}={v}" for g, v in values.items()) or None)

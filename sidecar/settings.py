@@ -53,8 +53,9 @@ class Settings:
                        retry_rules=dict(retries.get("rules") or {}), stages={})
 
     @classmethod
-    def load(cls, exp_dir: Path) -> Settings:
-        data = Config.from_experiment(Path(exp_dir)).data
+    def load(cls, exp_dir: Path, data: dict | None = None) -> Settings:
+        """``data``: the experiment's config when the caller has it already (launch), else read."""
+        data = data if data is not None else Config.from_experiment(Path(exp_dir)).data
         monitor = data.get("monitor") or {}
         sidecar = data.get("sidecar") or {}
         retries = monitor.get("retries") or {}

@@ -229,7 +229,7 @@ def test_cancel_with_a_dead_sidecar_asks_sacct_first(workdir, cleanup):
     assert runs["i1"]["state"] == runs["i2"]["state"] == "CANCELLED"
 
 
-LOG_OF = '"$AUTOEXP_RUN_DIR/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out"'
+LOG_OF = '"$AUTOEXP_EXP_DIR/logs/array/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out"'  # the real log (runs/<run>/ has a link)
 
 
 def test_fifo_and_dev_zero_logs_neither_block_nor_starve_the_sidecar(workdir, cleanup):

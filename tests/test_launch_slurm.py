@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_shell_metacharacters_reach_argv_verbatim_on_the_cluster(workdir, cleanu
         assert json.loads(probe.read_text())["argv"] == [expected]
     array_id = read_state(exp)["arrays"][0]["job_id"]
     assert (exp / "runs" / "r0" / f"slurm-{array_id}_0.out").exists()
-    assert not __import__("os").path.exists(owned)
+    assert not os.path.exists(owned)
 
 
 @pytest.mark.parametrize("refused,script", [("slurm", "array.sbatch"), ("sidecar", "sidecar.sbatch")])
@@ -106,6 +107,27 @@ def test_more_runs_than_max_array_size_go_in_several_arrays(workdir, cleanup, mo
     # Slurm creates the log when the task starts; its output follows.
     wait_for(lambda: out.exists() and "\n9\n" in out.read_text(), timeout=180,
              what="the last run of the third array to print 9")
+
+
+def test_a_task_makes_its_run_directory_and_links_the_log_slurm_writes(workdir, cleanup):
+    """Launch makes no run directory; the task makes it and links there the log Slurm writes in
+    logs/array/, which is the log the state records (and the sidecar reads)."""
+    path = write_config(workdir, {"name": "ownlog", "command": "echo hello {{ x }}; pwd",
+                                  "sweep": {"grid": {"x": [1, 2]}}, "slurm": {"hold": True}})
+    result = autoexp.launch(autoexp.load_config(path), scheduler="slurm")
+    cleanup(result.exp_dir)
+    exp, (array_id,) = result.exp_dir, result.arrays
+    assert not list((exp / "runs").iterdir()) and (exp / "logs" / "array").is_dir()
+    subprocess.run(["scontrol", "release", array_id], check=True, timeout=30)
+    st = wait_state_done(exp, timeout=180)
+    for name, run in st["runs"].items():
+        real = exp / "logs" / "array" / f"slurm-{array_id}_{run['index']}.out"
+        link = exp / "runs" / name / real.name
+        assert run["state"] == "COMPLETED" and run["attempts"][0]["log"] == str(real)
+        assert link.is_symlink() and link.resolve() == real.resolve()
+        assert not os.path.isabs(os.readlink(link))
+        text = real.read_text()
+        assert f"hello {run['params']['x']}\n{exp / 'runs' / name}\n" in text and "exited with status 0" in text
 
 
 def test_dry_run_submits_nothing(workdir):

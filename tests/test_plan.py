@@ -43,7 +43,9 @@ def test_plan_writes_the_contract_directory(workdir):
     runs = json.loads((exp / "runs.json").read_text())
     assert [(r["index"], r["name"], r["params"]) for r in runs] == [
         (0, "rank1", {"rank": 1}), (1, "rank2", {"rank": 2}), (2, "rank3", {"rank": 3})]
-    assert all(Path(r["dir"]).is_dir() for r in runs)
+    # Nothing per run at plan time: a task makes its run's directory; Slurm's logs go to logs/<script>/.
+    assert not any(Path(r["dir"]).exists() for r in runs) and (exp / "logs" / "array").is_dir()
+    assert not (exp / ".index").exists()
     state = read_state(exp)
     assert state["schema"] == 1 and state["counts"] == {"PLANNED": 3} and state["arrays"] == []
     assert "#SBATCH --array=0-2%2\n" in (exp / "array.sbatch").read_text()
@@ -112,7 +114,10 @@ def test_runs_beyond_max_array_size_are_split(workdir):
     exp = cfg.exp_dir
     assert run_task(exp, 1, script="array_2.sbatch").returncode == 0  # task 1 of array 2 is run 7
     assert json.loads((exp / "runs" / "r7" / "probe.json").read_text())["argv"][1] == "v7"
-    assert os.readlink(exp / ".index" / "2" / "1") == os.path.join("..", "..", "runs", "r7")
+    # The task made its run's directory and linked its log there, as Slurm names it (array 99, task 1).
+    link = exp / "runs" / "r7" / "slurm-99_1.out"
+    assert os.readlink(link) == os.path.join("..", "..", "logs", "array_2", "slurm-99_1.out")
+    assert "#SBATCH --output=" + str(exp / "logs" / "array_2" / "slurm-%A_%a.out") in (exp / "array_2.sbatch").read_text()
 
 
 def test_replanning_replaces_a_planned_experiment_but_not_a_launched_one(workdir, capsys):
@@ -120,7 +125,8 @@ def test_replanning_replaces_a_planned_experiment_but_not_a_launched_one(workdir
     assert cli.main(["plan", str(path), "--scheduler", "local"]) == 0
     assert cli.main(["plan", str(path), "sweep.grid.x=[5]", "--scheduler", "local"]) == 0
     exp = workdir / "experiments" / "again"
-    assert sorted(p.name for p in (exp / "runs").iterdir()) == ["x5"]
+    assert [r["name"] for r in json.loads((exp / "runs.json").read_text())] == ["x5"]
+    assert list(read_state(exp)["runs"]) == ["x5"]
     state = read_state(exp)
     state["arrays"] = [{"job_id": "1"}]
     (exp / "state.json").write_text(json.dumps(state))

@@ -48,3 +48,19 @@ def test_previous_release_shows_and_resumes(tmp_path):
     assert st["runs"]["bad"]["metrics"] == {"loss": 2.5}
     assert [e["kind"] for e in st["history"]].count("ALL_COMPLETE") == 1
     assert read_state(exp)["sidecar"]["job_id"] == result["sidecar"]
+
+
+def test_a_retry_in_a_previous_release_experiment_records_where_its_old_script_writes(tmp_path):
+    """The old array script writes its log through .index/ into runs/<run>/ (no task_logs in its plan):
+    the retry's attempt records that file, which holds the retry's output."""
+    exp = copy_fixture(tmp_path)
+    assert "task_logs" not in read_state(exp)["plan"]
+    result = autoexp.retry(exp, runs=["bad"])
+    st = wait_state_done(exp, timeout=90)
+    bad = st["runs"]["bad"]
+    assert [a["attempt"] for a in bad["attempts"]] == [1, 2] and bad["state"] == "FAILED"
+    (job,) = result["arrays"]
+    log = exp / "runs" / "bad" / f"slurm-{job}_1.out"
+    assert bad["attempts"][-1]["log"] == str(log)
+    assert not log.is_symlink() and "loss: 2.5" in log.read_text()
+    assert not (exp / "logs" / "array").exists()

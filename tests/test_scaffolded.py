@@ -258,7 +258,8 @@ def test_scaffolded_directory_on_the_cluster(tmp_path, cleanup):
         log = Path(train["attempts"][-1]["log"])
         moved = list((ckpt / f"ck-out-{run}").glob("slurm-*.out"))  # the script's mv of slurm-$SLURM_JOB_ID.out
         assert len(moved) == 1 and moved[0].is_symlink() and moved[0].resolve() == log.resolve()
-        assert log.parent == root / run and f"train {run} in {root / run}" in log.read_text()
+        assert log.parent.parent == root / "logs" and f"train {run} in {root / run}" in log.read_text()
+        assert (root / run / log.name).resolve() == log.resolve()  # the task's link in its directory
         for epoch in (0, 1):
             ev = st["runs"][f"{MODEL}_{run}+eval+task=capitalization+epoch={epoch}"]
             assert ev["state"] == "COMPLETED" and ev["started"] >= train["completed"]

@@ -180,7 +180,7 @@ def test_seed_scenario_ends_on_its_own_and_agrees_with_sacct(workdir, cleanup):
     cancel = [b for b in blocks(exp) if b["kind"] == "CANCEL"]
     assert [(b["subject"], b["details"]["Reason"]) for b in cancel] == [("nan", "event nan_loss")]
     notes = summary_rows(exp)
-    assert "log: runs/fail/slurm-" in notes["fail"][5] and "exit 3:0" in notes["fail"][5]
+    assert "log: logs/array/slurm-" in notes["fail"][5] and "exit 3:0" in notes["fail"][5]
     assert "checkpoint (path=/ck/ckpt)" in notes["ckpt"][5] and "nan_loss" in notes["nan"][5]
     assert "✗ FAILED: 1 runs" in (exp / "experiment_summary.md").read_text()
     for name in runs:

@@ -84,7 +84,7 @@ def test_awkward_values_are_quoted_in_every_shell_line(tmp_path):
     array = render_site("local", tmp_path)["array.sbatch"]
     assert "export AUTOEXP_EXP_DIR='/scratch/it'\"'\"'s a $dir (1)/exp/golden'" in array
     assert "--image '/scratch/images/py torch.sif'" in array and "--bind '/scratch/data set'" in array
-    assert '#SBATCH --output="/scratch/it\'s a $dir (1)/exp/golden/.index/0/%a/slurm-%A_%a.out"' in array
+    assert '#SBATCH --output="/scratch/it\'s a $dir (1)/exp/golden/logs/array/slurm-%A_%a.out"' in array
 
 
 def plan_cli(workdir: Path, data: dict, *args: str) -> subprocess.CompletedProcess:
