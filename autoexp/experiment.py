@@ -54,14 +54,20 @@ def plan_experiment(config: Config, scheduler: str | Scheduler | None = None, wr
     from .plan import build
 
     sched = _scheduler_for(config, scheduler)
-    built = build(config, sched.name, sched.max_array_size())
-    if write:
-        built.write()
+    with statefile.collector_paused():
+        built = build(config, sched.name, sched.max_array_size())
+        if write:
+            built.write()
     return built
 
 
 def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | None = None) -> LaunchResult:
     """Plan, then submit every array and the sidecar; all or nothing."""
+    with statefile.collector_paused():  # 10,000 runs' records, no cycles among them
+        return _launch(config, dry_run, scheduler)
+
+
+def _launch(config: Config, dry_run: bool, scheduler: str | Scheduler | None) -> LaunchResult:
     from .plan import build
 
     sched = _scheduler_for(config, scheduler)
@@ -71,20 +77,23 @@ def launch(config: Config, dry_run: bool = False, scheduler: str | Scheduler | N
         return result
     check_python(config)
     exp_dir = built.write()
-    result.sidecar, result.arrays = submit_planned(exp_dir, sched, config_data=config.data)
+    written = (stamp, built.state) if (stamp := statefile.stamp(exp_dir)) and built.state is not None else None
+    result.sidecar, result.arrays = submit_planned(exp_dir, sched, config_data=config.data, known=written)
     return result
 
 
 def submit_planned(exp_dir: Path, sched: Scheduler, names: list[str] | None = None,
-                   config_data: dict | None = None) -> tuple[str, list[str]]:
+                   config_data: dict | None = None,
+                   known: tuple[tuple[int, int, int], State] | None = None) -> tuple[str, list[str]]:
     """Submit the sidecar (in mode carried, its watchdog) and the planned runs (``names``, default
-    all): the sidecar's id and the arrays'. ``config_data``: the experiment's config, if at hand.
+    all): the sidecar's id and the arrays'. ``config_data``: the experiment's config, if at hand;
+    ``known``: the state as the plan wrote it, and its :func:`statefile.stamp`.
 
     The sidecar goes first so that it does not queue behind its own array; the lock is held
     across the submissions, so its first poll waits until every id is recorded. The site's limits
     are read before the sidecar goes out (one place left for it): asking takes a moment, in which a
     sidecar of a launch that then fails would start and take the lease."""
-    with statefile.locked(exp_dir) as st:
+    with statefile.locked(exp_dir, known=known) as st:
         runs = list(st["runs"]) if names is None else names
         room = actions.room_for(exp_dir, st, sched, runs, reserve=1)
         from .sidecar.settings import Settings  # the sidecar's package stays off status's import path

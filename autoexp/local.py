@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import filelock
 import psutil
 
 from .durations import slurm_time_seconds
@@ -27,7 +26,7 @@ from .clock import now, parse_time
 from .arrayspec import expand_range
 from .scheduler import JobRecord, Scheduler, Submission
 from .slurm import read_directives
-from .statefile import atomic_write
+from .statefile import Lock, atomic_write
 
 POLL = 0.2
 
@@ -42,7 +41,7 @@ class LocalScheduler(Scheduler):
 
     def _next_id(self) -> str:
         self.jobs.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(str(self.root / "next_id.lock")):
+        with Lock(self.root / "next_id.lock"):
             counter = self.root / "next_id"
             job_id = int(counter.read_text()) if counter.exists() else 1
             counter.write_text(str(job_id + 1))
@@ -129,8 +128,8 @@ class LocalScheduler(Scheduler):
 
 # --------------------------------------------------------------------------- job files
 
-def job_lock(file: Path) -> filelock.FileLock:
-    return filelock.FileLock(str(file) + ".lock", timeout=30)
+def job_lock(file: Path) -> Lock:
+    return Lock(Path(f"{file}.lock"), timeout=30)
 
 
 def read_job(file: Path) -> dict:

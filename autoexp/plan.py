@@ -50,6 +50,7 @@ class Plan:
     runs: list  # sweep.Run, or stages.Unit in a staged experiment
     arrays: list[ArrayPlan]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> content
+    state: model.State | None = None  # as write() wrote it: launch goes on from it without reading it back
 
     def write(self) -> Path:
         """Create the experiment directory atomically; refuse to replace a launched experiment."""
@@ -115,6 +116,7 @@ class Plan:
                               str(Path(self.config.source).absolute().parent), self.config.get("max_queued"))
         st = model.new_experiment(self.config.name, self.runs, self.exp_dir, self.scheduler, plan)
         statefile.write(root, st)
+        self.state = st
 
     def submissions_text(self) -> str:
         """What launch would run, for --dry-run."""

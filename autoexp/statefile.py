@@ -242,7 +242,8 @@ def flock(fd: int, mode: int, timeout: float) -> bool:
 
 class Lock:
     """The writers' exclusive ``flock`` on a lock file, waited for up to ``timeout`` seconds: what
-    filelock does on Unix, without its import (asyncio and all: 9 MB and 80 ms in every writer)."""
+    the filelock package does on Unix, without its import (asyncio and all: 9 MB and 80 ms in
+    every writer, and a dependency less)."""
 
     def __init__(self, file: Path, timeout: float = LOCK_TIMEOUT):
         self.file, self.timeout, self.fd = Path(file), timeout, -1

@@ -3,6 +3,8 @@ and beside submitit's ``map_array`` over as many trivial calls.
 
     python bench/launch.py [--sizes 100 1000 10000] [--baseline-max 10000] [--submitit-max 100000]
 
+"plan" is `autoexp.plan_experiment` alone (render and write the directory); "launch" is the whole
+of `autoexp.launch` from a loaded config: plan, write, read the site's limits, submit, record.
 Every job is submitted held (--hold) and cancelled right after it is counted, so nothing runs.
 The baselines are what users do without autoexp: a loop of `sbatch run.slurm`, one per run, and
 submitit's `executor.map_array(fn, range(N))` (a peer that also submits arrays; it pickles each call).

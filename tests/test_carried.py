@@ -141,7 +141,7 @@ def test_carried_mode_ends_as_the_job_sidecar_does_without_a_sidecar_allocation(
 
 def sleeping(pid: int) -> bool:
     """Whether ``pid`` sleeps in time.sleep: in a poll, only while it waits for the state lock
-    (filelock retries); between polls a carrier waits on an event instead."""
+    (statefile.Lock retries); between polls a carrier waits on an event instead."""
     try:
         return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
