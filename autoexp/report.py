@@ -157,7 +157,8 @@ def summary(state: State, encoded: dict[str, int] | None = None) -> str:
         for run_state, entries in by_state.items():
             mark = "✓" if run_state == "COMPLETED" else "✗"
             lines += [f"{mark} {run_state}: {len(entries)} runs", *entries, ""]
-        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out` (a stage's too); events in "
+        lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out` (a stage's too; a link to the file "
+                     "Slurm writes in `logs/`); events in "
                      "`events.log`; curves, parameters and a timeline in `report.html`.")
     return "\n".join(lines) + "\n"
 
