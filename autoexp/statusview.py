@@ -134,7 +134,7 @@ def document(exp_dir: Path, state: State | None = None, now: dt.datetime | None 
     doc = {**state, "health": health(state, exp_dir, now), "progress": progress(state)}
     runs = state["runs"]
     span = statefile.span_of(raw, "runs") if raw else None
-    if raw and span and b'"stage": ' in raw[span[0]:span[1]]:
+    if raw and span and b'"stage":' in raw[span[0]:span[1]]:
         runs = json.loads(raw[span[0]:span[1]])
     staged = stage_counts(runs)
     if staged:

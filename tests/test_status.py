@@ -159,6 +159,20 @@ def test_json_of_a_state_written_in_another_layout(workdir):
         assert {k: v for k, v in doc.items() if k not in ("health", "progress")} == state
 
 
+def test_json_counts_a_staged_experiment_per_stage_in_any_layout(workdir):
+    """A pipeline's ``status --json`` has its counts per stage, read from state.json as the sidecar
+    writes it (compact lines) or as any other tool writes it."""
+    exp = planned(workdir, "staged", 4)
+    with statefile.locked(exp) as st:
+        for run in st["runs"].values():
+            run["stage"] = "train" if run["index"] < 3 else "eval"
+    state = as_if_running(exp, {"run1": "FAILED"})
+    expected = {"train": {"COMPLETED": 2, "FAILED": 1}, "eval": {"COMPLETED": 1}}
+    assert status_json(exp)["stages"] == expected
+    (exp / "state.json").write_text(json.dumps(state, indent=2))
+    assert status_json(exp)["stages"] == expected
+
+
 def test_the_table_reads_the_state_without_its_history(workdir):
     exp = planned(workdir, "nohist", 5)
     as_if_running(exp, {"run1": "FAILED"})
