@@ -301,15 +301,30 @@ def _columns(cols: list[str]) -> dict[str, Any]:
             "nodes": nodes if nodes and nodes != "None assigned" else None}
 
 
-@lru_cache(maxsize=64)
-def _pending_tasks(line: str) -> tuple[JobRecord, ...]:
+_PENDING_KEPT: dict[tuple[str, str], dict[int, JobRecord]] = {}  # (array, row without its range) -> records
+
+
+def _pending_tasks(line: str) -> list[JobRecord]:
     """The tasks of a collapsed row of tasks that never started (``123_[4-999%16]``; it may lag
-    behind the tasks' own rows), built once per distinct row: a big sweep's waiting tasks come
-    back as the same row poll after poll."""
+    behind the tasks' own rows). A big sweep's waiting tasks come back as the same row poll after
+    poll, its range shrinking as they start: each task's record is built once and kept while
+    the row lists it."""
     cols = line.split("|")
     pending = _ARRAY_PENDING.match(cols[0])
     assert pending is not None
     array_job = pending.group(1)
-    common = {**_columns(cols), "started": None, "elapsed_s": 0, "nodes": None}
-    return tuple(JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task, collapsed=True, **common)
-                 for task in expand_range(pending.group(2)))
+    row = (array_job, line[len(cols[0]):])
+    kept = _PENDING_KEPT.pop(row, {})
+    common: dict[str, Any] | None = None
+    records: dict[int, JobRecord] = {}
+    for task in expand_range(pending.group(2)):
+        record = kept.get(task)
+        if record is None:
+            common = common or {**_columns(cols), "started": None, "elapsed_s": 0, "nodes": None}
+            record = JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task, collapsed=True,
+                               **common)
+        records[task] = record
+    if len(_PENDING_KEPT) >= 64:  # rows of arrays long gone
+        _PENDING_KEPT.clear()
+    _PENDING_KEPT[row] = records
+    return list(records.values())

@@ -110,10 +110,10 @@ class Follow(Policy):
         skip: dict[str, str] = {}
         again: list[str] = []
         cancel: list[str] = []
-        for name, run in sorted(runs.items(), key=lambda item: item[1]["index"]):
-            after = run.get("after")
+        for name, run in sorted(((n, r) for n, r in runs.items() if r.get("after")), key=lambda item: item[1]["index"]):
+            after = run["after"]
             current = run["attempts"][-1] if run["attempts"] else None
-            if not after or (current and current.get("started")) or (current and current.get("cancelled")):
+            if (current and current.get("started")) or (current and current.get("cancelled")):
                 continue
             lost = [o for o in after if o in skip or self.gone(runs[o])]
             waiting = current is not None and phase(current["state"]) == Phase.WAITING

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from .. import history, model, report
-from ..jobstates import Phase, phase
+from ..jobstates import WAITING, Phase, phase
 from ..clock import epoch
 from ..model import Run
 from . import logwatch
@@ -23,8 +23,14 @@ class LogScan(Work):
         if not self.settings.any_rules():
             return
         for name, run in self.st["runs"].items():
-            if run["attempts"]:
-                self._scan_run(name, run)
+            if not run["attempts"]:
+                continue
+            current, cursor = run["attempts"][-1], run.get("log_cursor")
+            if cursor is None and current["state"] in WAITING and not current.get("started"):
+                continue  # nothing written yet
+            if cursor is not None and cursor.get("final") and cursor.get("attempt") == current["attempt"]:
+                continue  # read to its end
+            self._scan_run(name, run)
 
     def _scan_run(self, name: str, run: Run) -> None:
         current = run["attempts"][-1]

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import actions, model, report
 from ..errors import AutoexpError, SchedulerTimeout
-from ..jobstates import SKIPPED, Phase, phase
+from ..jobstates import ENDED, SKIPPED, Phase, phase
 from ..clock import epoch
 from ..model import Attempt
 from . import remedies
@@ -34,7 +34,7 @@ class Policy(Work):
                 self._want_retry(name, f"event {event}", retry)
         for name, run in runs.items():
             current = run["attempts"][-1] if run["attempts"] else None
-            if current and not current.get("cancelled") and self.settled(current) \
+            if current and current["state"] in ENDED and not current.get("cancelled") and self.settled(current) \
                     and remedies.failure_class(current) in self.settings.of(run).retry_on:
                 self._want_retry(name, f"state {remedies.failure_class(current)}", retry)
         held = self.st.get("held") or {}

@@ -72,18 +72,21 @@ def due(st: State, settings: Settings, now: float) -> float:
     if st.get("intents") or st.get("done"):
         return now
     when = now + FULL_EVERY
+    horizon = iso(now - max(WINDOW_MARGIN, REQUEUE_GRACE) - 1)  # an end seen before then is settled
     for run in st["runs"].values():
+        for attempt in run["attempts"]:
+            if attempt.get("missing_since"):
+                return now
         if not run["attempts"]:
             continue
         current = run["attempts"][-1]
-        if any(a.get("missing_since") for a in run["attempts"]):
-            return now
-        if current.get("ended_seen") and (seen := epoch(current["ended_seen"]) or now) + WINDOW_MARGIN > now:
-            when = min(when, seen + WINDOW_MARGIN + 1)  # its array may then leave the query
-        if current["state"] in REQUEUE_STATES and current.get("ended_seen"):
-            when = min(when, (epoch(current["ended_seen"]) or now) + REQUEUE_GRACE + 1)
-        cursor = run.get("log_cursor")
-        stall = settings.of(run).stall_after
-        if stall and cursor and current["state"] == "RUNNING" and not cursor.get("stalled"):
+        if (ended := current.get("ended_seen")) and ended >= horizon:
+            seen = epoch(ended) or now
+            if seen + WINDOW_MARGIN > now:
+                when = min(when, seen + WINDOW_MARGIN + 1)  # its array may then leave the query
+            if current["state"] in REQUEUE_STATES:
+                when = min(when, seen + REQUEUE_GRACE + 1)
+        if current["state"] == "RUNNING" and (cursor := run.get("log_cursor")) and not cursor.get("stalled") \
+                and (stall := settings.of(run).stall_after):
             when = min(when, (epoch(cursor.get("grown")) or now) + stall)
     return when

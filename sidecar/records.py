@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Hashable
 
 from .. import clock, model
-from ..jobstates import Phase, phase
+from ..jobstates import ENDED, Phase, phase
 from ..model import Attempt, Run, State
 from ..scheduler import JobRecord
 from .work import Work
@@ -36,7 +36,7 @@ def since(st: State) -> dt.datetime:
 def watched(attempt: Attempt, now: float, latest: bool = True) -> bool:
     """Whether accounting can still tell something new about this attempt (Slurm may requeue
     only a run's ``latest`` one)."""
-    if phase(attempt["state"]) < Phase.ENDED or not attempt.get("ended_seen") or attempt.get("missing_since"):
+    if attempt["state"] not in ENDED or not attempt.get("ended_seen") or attempt.get("missing_since"):
         return True
     ended = now - (clock.epoch(attempt["ended_seen"]) or now)  # accounting settles an end (exit code) late
     return ended < WINDOW_MARGIN or (latest and attempt["state"] in REQUEUE_STATES and ended < REQUEUE_WATCH)
@@ -50,12 +50,16 @@ def window(st: State, now: float) -> tuple[list[str], dt.datetime]:
     start = model.query_of(st).get("asked")
     begin = start - WINDOW_MARGIN if start else None
     for run in st["runs"].values():
-        last = len(run["attempts"]) - 1
-        for k, attempt in enumerate(run["attempts"]):
-            if watched(attempt, now, k == last):
-                arrays.add(attempt["job_id"].split("_")[0])
-                if attempt.get("missing_since") and begin is not None:
+        attempts = run["attempts"]
+        last = len(attempts) - 1
+        for k, attempt in enumerate(attempts):
+            array = attempt["job_id"].partition("_")[0]
+            if attempt.get("missing_since"):  # watched, and the window reaches back to its submission
+                arrays.add(array)
+                if begin is not None:
                     begin = min(begin, (clock.epoch(attempt.get("submitted")) or 0) - WINDOW_MARGIN)
+            elif array not in arrays and watched(attempt, now, k == last):
+                arrays.add(array)
     ids = [a["job_id"] for a in st.get("arrays", []) if a["job_id"] in arrays]
     sidecar_id = (st.get("sidecar") or {}).get("job_id")
     if sidecar_id and str(sidecar_id).isdigit():
@@ -94,10 +98,13 @@ class Records(Work):
         if explicit.get(str(sidecar.get("job_id"))):
             sidecar["state"] = explicit[str(sidecar["job_id"])][-1].state
         listed = explicit.keys() | collapsed.keys()
+        news = listed if fresh is None else fresh
         for name, run in self.st["runs"].items():  # only runs with news, or a watched attempt not listed
-            if any((a["job_id"] in listed if fresh is None else a["job_id"] in fresh)
-                   or (a["job_id"] not in listed and watched(a, self.now)) for a in run["attempts"]):
-                self._apply_run(name, run, explicit, collapsed, arrays_seen)
+            for attempt in run["attempts"]:
+                job_id = attempt["job_id"]
+                if job_id in news or (job_id not in listed and watched(attempt, self.now)):
+                    self._apply_run(name, run, explicit, collapsed, arrays_seen)
+                    break
 
     def _apply_run(self, name: str, run: Run, explicit: dict[str, list[JobRecord]],
                    collapsed: dict[str, JobRecord], arrays_seen: set[str]) -> None:
