@@ -8,7 +8,8 @@
 * ``plain``: text that is not shell (``run_name``).
 
 ``attempt`` is only known when a task starts, so it renders as a reference to ``$AUTOEXP_ATTEMPT``.
-All environments use StrictUndefined: a misspelt variable is an error at plan time.
+All environments use StrictUndefined: a misspelt variable is an error at plan time. Jinja is
+imported when the first template is rendered: a sidecar, which seldom renders, does without it.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import re
 import shlex
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class ShellVar:
@@ -35,7 +37,6 @@ class ShellVar:
         return f"${{{self.name}}}"
 
 
-JINJA = Path(jinja2.__file__).resolve().parent
 # In ``word`` mode an inserted value is fenced by these two characters until the whole word is
 # assembled: the text between fences is escaped as data, the text outside as the user's shell text.
 _OPEN, _CLOSE = "\x01", "\x02"
@@ -66,6 +67,7 @@ def double_quoted(rendered: str) -> str:
 
 def _finalize_plain(value: Any) -> str:
     if isinstance(value, ShellVar):
+        import jinja2
         raise jinja2.UndefinedError(f"'{value.name}' is only known when the task runs")
     return as_text(value)
 
@@ -76,13 +78,15 @@ def as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _environment(finalize) -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, finalize=finalize,
+FINALIZE = {"line": _finalize_line, "word": _finalize_word, "plain": _finalize_plain}
+
+
+@lru_cache(maxsize=None)
+def environment(mode: str) -> jinja2.Environment:
+    """The Jinja environment of ``mode`` (line, word, plain)."""
+    import jinja2
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, finalize=FINALIZE[mode],
                               keep_trailing_newline=True, autoescape=False)
-
-
-ENVIRONMENTS = {"line": _environment(_finalize_line), "word": _environment(_finalize_word),
-                "plain": _environment(_finalize_plain)}
 
 
 class Simple:
@@ -103,6 +107,7 @@ class Simple:
 
 def _simple_parts(env: jinja2.Environment, source: str) -> list[tuple[bool, str]] | None:
     """``source`` as (is a name, text) pieces, or None if it uses more of Jinja than names."""
+    import jinja2.nodes
     parts: list[tuple[bool, str]] = []
     for node in env.parse(source).body:
         if not isinstance(node, jinja2.nodes.Output):
@@ -119,7 +124,7 @@ def _simple_parts(env: jinja2.Environment, source: str) -> list[tuple[bool, str]
 
 @lru_cache(maxsize=512)
 def _compile(mode: str, source: str) -> jinja2.Template | Simple:
-    env = ENVIRONMENTS[mode]
+    env = environment(mode)
     template = env.from_string(source)
     parts = _simple_parts(env, source)
     return template if parts is None else Simple(template, parts, env.finalize)
@@ -127,6 +132,7 @@ def _compile(mode: str, source: str) -> jinja2.Template | Simple:
 
 def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str:
     """Render ``source``; template errors become an InputError at ``where`` = (file, key)."""
+    import jinja2
     try:
         out = _compile(mode, source).render(context)
     except jinja2.UndefinedError as err:
@@ -143,6 +149,7 @@ def render(source: str, context: dict, mode: str, where: tuple[str, str]) -> str
 def raised_in_template(err: BaseException) -> bool:
     """Whether ``err`` came from the template itself: its expression (``<template>``) or a Jinja
     filter or test it called on a value. Anything else that failed is autoexp's code."""
+    import jinja2
     if isinstance(err, jinja2.TemplateError):
         return True
     tb = err.__traceback__
@@ -151,7 +158,7 @@ def raised_in_template(err: BaseException) -> bool:
     if tb is None:
         return False
     where = tb.tb_frame.f_code.co_filename
-    return where == "<template>" or Path(where).resolve().is_relative_to(JINJA)
+    return where == "<template>" or Path(where).resolve().is_relative_to(Path(jinja2.__file__).resolve().parent)
 
 
 def undefined_message(message: str, context: dict) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .. import plan, render, statefile, sweep
+from .. import render, statefile, sweep
 from ..config import Config
 from ..durations import slurm_time_seconds
 from ..jobstates import FAILED
@@ -88,7 +88,10 @@ def next_given(exp_dir: Path, run: Run, cls: str, rule: dict[str, Any], base: di
 def write_task(exp_dir: Path, st_plan: PlanRecord, index: int, name: str, attempt: int,
                params: dict[str, Any]) -> None:
     """Render the run's command, env and setup with changed parameters for one attempt: the array
-    script sources retries/<index>.<attempt>.sh after tasks.sh when it exists."""
+    script sources retries/<index>.<attempt>.sh after tasks.sh when it exists. (The planner, and
+    Jinja with it, is imported only here: a sidecar that never retries with new parameters
+    does without them.)"""
+    from .. import plan
     config = Config.from_experiment(exp_dir)
     config.source = str(Path(st_plan.get("config_dir") or exp_dir) / "config.yaml")
     task = plan.render_task(config, sweep.Run(index, name, params), exp_dir)

@@ -292,3 +292,15 @@ def test_status_does_not_import_the_planning_stack(workdir):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "autoexp.statusview" in imported
     assert not {"jinja2", "yaml", "submitit", "autoexp.plan", "autoexp.config"} & imported
+
+
+def test_a_sidecar_poll_does_not_import_the_planner(workdir):
+    """The sidecar shares a small node for days: a poll that renders nothing carries no Jinja."""
+    exp = planned(workdir, "lean", 2)
+    as_if_running(exp, done=True)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "autoexp", "sidecar", str(exp), "--once"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "autoexp.sidecar.poll" in imported
+    assert not {"jinja2", "autoexp.plan", "autoexp.usertemplates"} & imported
