@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +81,7 @@ def as_text(value: Any) -> str:
 FINALIZE = {"line": _finalize_line, "word": _finalize_word, "plain": _finalize_plain}
 
 
-@lru_cache(maxsize=None)
+@cache
 def environment(mode: str) -> jinja2.Environment:
     """The Jinja environment of ``mode`` (line, word, plain)."""
     import jinja2

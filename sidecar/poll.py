@@ -102,9 +102,7 @@ def _poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None
         result.work_s = time.monotonic() - started - result.query_s
         return result
     written: list = []
-    known = (watch.stamp, watch.state) if watch.stamp is not None and watch.state is not None else None
-    watch.state = None  # changed from here on: only this poll's finished write makes it the file's again
-    with statefile.locked(exp_dir, written=written, known=known) as st:
+    with statefile.locked(exp_dir, written=written, known=watch.kept()) as st:
         if lease is not None and not holds(st, lease):
             raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
         work = Poll(exp_dir, st, sched, settings, result)

@@ -30,6 +30,12 @@ class Watch:
     quiet: int = 0  # polls since the last full one that found nothing new
     state: State | None = None  # the state as written at ``stamp``: the next full poll starts from it
 
+    def kept(self) -> tuple[tuple[int, int, int], State] | None:
+        """(stamp, state) for :func:`autoexp.statefile.locked`, handed over once: the poll that
+        takes it changes it, and only its finished write makes it the file's again."""
+        state, self.state = self.state, None
+        return (self.stamp, state) if self.stamp is not None and state is not None else None
+
 
 @dataclass
 class PollResult:
