@@ -364,6 +364,7 @@ def test_retries_change_what_failed_oom_timeout_node_fail(workdir, cleanup):
     for i in (3, 4):
         attempts = runs[f"r{i}_timeout"]["attempts"]
         assert [a["state"] for a in attempts] == ["NODE_FAIL", "TIMEOUT", "COMPLETED"]
+        assert "DUE TO TIME LIMIT" in Path(attempts[1]["log"]).read_text()  # slurmstepd's line, in the run's log
         assert attempts[2]["given"] == {"exclude": "node2", "time": "0-00:02:00",
                                         "why": "TIMEOUT: time 00:01:00 x 2"}
         assert attempts[2]["nodes"] == "node1"
