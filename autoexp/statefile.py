@@ -269,21 +269,23 @@ def lock(exp_dir: Path, timeout: float = LOCK_TIMEOUT) -> Lock:
 
 @contextlib.contextmanager
 def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT, written: list | None = None,
-           known: tuple[tuple[int, int, int], State] | None = None) -> Iterator[State]:
+           known: tuple[tuple[int, int, int], State] | None = None, keep: bool = False) -> Iterator[State]:
     """Read-modify-write under the lock; the state is written only if the block succeeds (and
     its :func:`stamp` then appended to ``written``, still under the lock).
 
     ``known`` is a (stamp, state) this process wrote and kept: if state.json is still that file,
     the block gets that state instead of parsing the file again (a sidecar's poll of 10,000 runs
-    spends a fifth of its time reading). A state read from the file shares its equal strings
-    (:func:`autoexp.model.share_strings`): a sidecar keeps it."""
+    spends a fifth of its time reading). With ``keep`` (the caller keeps the state after the block,
+    as a sidecar does), a state read from the file shares its equal strings
+    (:func:`autoexp.model.share_strings`)."""
     with lock(exp_dir, timeout):
         if known is not None and stamp(exp_dir) == known[0]:
             state = known[1]
         else:
             known = None  # a state the file no longer is: let it go before the file is parsed
             state = read(exp_dir)
-            share_strings(state)
+            if keep:
+                share_strings(state)
         yield state
         write(exp_dir, state)
         if written is not None:

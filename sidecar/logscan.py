@@ -23,14 +23,8 @@ class LogScan(Work):
         if not self.settings.any_rules():
             return
         for name, run in self.st["runs"].items():
-            if not run["attempts"]:
-                continue
-            current, cursor = run["attempts"][-1], run.get("log_cursor")
-            if cursor is None and current["state"] in WAITING and not current.get("started"):
-                continue  # nothing written yet
-            if cursor is not None and cursor.get("final") and cursor.get("attempt") == current["attempt"]:
-                continue  # read to its end
-            self._scan_run(name, run)
+            if run["attempts"]:
+                self._scan_run(name, run)
 
     def _scan_run(self, name: str, run: Run) -> None:
         current = run["attempts"][-1]
@@ -39,7 +33,7 @@ class LogScan(Work):
             self._read(name, run, cursor, final=True)  # the previous attempt's last lines
             close(cursor)
         log = current["log"]
-        if not log or (phase(current["state"]) == Phase.WAITING and not current.get("started")):
+        if not log or (current["state"] in WAITING and not current.get("started")):
             return
         if cursor is None or cursor.get("attempt") != current["attempt"]:
             same_file = cursor is not None and cursor.get("path") == log  # a Slurm requeue appends

@@ -34,7 +34,7 @@ class Policy(Work):
                 self._want_retry(name, f"event {event}", retry)
         for name, run in runs.items():
             current = run["attempts"][-1] if run["attempts"] else None
-            if current and current["state"] in ENDED and not current.get("cancelled") and self.settled(current) \
+            if current and not current.get("cancelled") and self.settled(current) \
                     and remedies.failure_class(current) in self.settings.of(run).retry_on:
                 self._want_retry(name, f"state {remedies.failure_class(current)}", retry)
         held = self.st.get("held") or {}
@@ -99,7 +99,7 @@ class Policy(Work):
     def settled(self, attempt: Attempt) -> bool:
         """An attempt the scheduler reported ended (our own cancel is not enough: the task may have
         finished first) and will not bring back by itself (or has not, long enough)."""
-        if phase(attempt["state"]) < Phase.ENDED or attempt["state"] == "REQUEUED" or not attempt.get("ended_seen"):
+        if attempt["state"] not in ENDED or attempt["state"] == "REQUEUED" or not attempt.get("ended_seen"):
             return False
         script = self.scripts.get(attempt["job_id"].split("_")[0])
         if script is None or not self.sched.will_requeue(attempt["state"], script):

@@ -102,7 +102,7 @@ def _poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None
         result.work_s = time.monotonic() - started - result.query_s
         return result
     written: list = []
-    with statefile.locked(exp_dir, written=written, known=watch.kept()) as st:
+    with statefile.locked(exp_dir, written=written, known=watch.kept(), keep=True) as st:
         if lease is not None and not holds(st, lease):
             raise LeaseLost((st.get("sidecar") or {}).get("job_id"))
         work = Poll(exp_dir, st, sched, settings, result)
