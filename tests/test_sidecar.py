@@ -354,7 +354,9 @@ def test_chain_mode_one_poll_per_job(workdir, cleanup):
                                     "sidecar": {"mode": "chain"}, "monitor": {"interval": 2, "events": [
                                         {"name": "checkpoint", "pattern": r"saved checkpoint (?P<path>\S+)"}]}})
     wait_state_done(exp, timeout=120)
-    st = read_state(exp)
+    # the last chain job releases the lease in a write of its own, just after the one that says done
+    st = wait_for(lambda: (lambda s: s if s["sidecar"].get("stopped") else None)(read_state(exp)), timeout=30,
+                  what="the last chain job to release the lease")
     assert st["sidecar"].get("stopped")
     assert [e["groups"]["path"] for e in st["runs"]["c"]["events"]] == [f"/ck/c/{i}" for i in range(1, 5)]
     polls = [e for e in st["history"] if e["kind"] == "STATUS_CHECK"]
