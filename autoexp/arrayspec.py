@@ -57,10 +57,12 @@ def split(tasks: Iterable[int], room: int | None = None, max_len: int = MAX_SPEC
 
 
 def expand_range(spec: str) -> list[int]:
-    """An --array value, ``4-9%2`` or ``1,3,5-7``, as task ids (the ``%N`` throttle is dropped)."""
+    """An --array value, ``4-9%2``, ``1,3,5-7`` or ``0-1818:2`` (a step: how squeue and sacct show
+    every other task waiting), as task ids (the ``%N`` throttle is dropped)."""
     spec = spec.split("%")[0]
     tasks: list[int] = []
     for word in filter(None, spec.split(",")):
-        lo, _, hi = word.partition("-")
-        tasks.extend(range(int(lo), int(hi or lo) + 1))
+        span, _, step = word.partition(":")
+        lo, _, hi = span.partition("-")
+        tasks.extend(range(int(lo), int(hi or lo) + 1, int(step or 1)))
     return tasks

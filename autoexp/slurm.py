@@ -37,7 +37,7 @@ NOT_INHERITED = frozenset({"SLURM_RESTART_COUNT"})
 LOST_ANSWER = re.compile(r"timed out|Unable to contact|Zero Bytes were transmitted|Connection reset|"
                          r"Socket|Communication connection failure", re.I)
 _ARRAY_ID = re.compile(r"^(\d+)_(\d+)$")
-_ARRAY_PENDING = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
+_ARRAY_PENDING = re.compile(r"^(\d+)_\[([0-9,\-:%]+)\]$")
 log = logging.getLogger(__name__)
 _UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")  # SLURM_TIME_FORMAT, in UTC (TZ=UTC)
 
@@ -129,7 +129,7 @@ class SlurmScheduler(Scheduler):
 
     def room(self, scripts: Sequence[Path], max_queued: int | None) -> Room:
         """The limits of each script's account, QOS and partition (read once per process), with
-        the user's queued jobs counted by one ``squeue``."""
+        the user's queued jobs counted by one ``squeue``, and every job the controller holds by another."""
         found: list[Limit] = []
         for script in dict.fromkeys(scripts):
             directives = script_directives(Path(script))
@@ -142,7 +142,9 @@ class SlurmScheduler(Scheduler):
         if not found:
             return Room(None)
         queued = run(["squeue", "--noheader", f"--user={getpass.getuser()}", f"--format={limits.QUEUE_FORMAT}"])
-        return limits.room(found, limits.queue(queued.stdout))
+        held = run(["squeue", "--noheader", "--states=all", "--format=%i"]).stdout \
+            if any(limit.controller for limit in found) else ""
+        return limits.room(found, limits.queue(queued.stdout), limits.held_by_controller(held))
 
     def will_requeue(self, state: str, script: Path) -> bool:
         """NODE_FAIL, and PREEMPTED under PreemptMode=REQUEUE, send a requeueable job back to the
@@ -197,7 +199,8 @@ def site_limits(account: str, qos: str, partition: str) -> tuple[Limit, ...]:
     found = []
     max_jobs = cluster_config().get("MaxJobCount", "")
     if max_jobs.isdigit():
-        found.append(Limit(int(max_jobs), "MaxJobCount of the controller (counting your jobs)"))
+        found.append(Limit(int(max_jobs), "MaxJobCount of the controller (every user's jobs, and ended ones "
+                                          "until MinJobAge)", controller=True))
     user = getpass.getuser()
     # The three questions at once (each sacctmgr takes ~0.2 s, most of a launch's own time); the
     # QOS is known only from the association, so every QOS is asked for.

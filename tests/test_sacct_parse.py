@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from autoexp import limits
 from autoexp.arrayspec import expand_range
 from autoexp.slurm import parse_config, parse_end_time, parse_sacct
 
@@ -30,6 +31,18 @@ def test_expand_range_drops_the_throttle():
     assert expand_range("3-11%3") == list(range(3, 12))
     assert expand_range("0,2-3") == [0, 2, 3]
     assert expand_range("7") == [7]
+
+
+def test_every_other_task_waiting_is_a_range_with_a_step():
+    """Scattered retries (every other run failed) wait as ``31376_[0-12:2%2]`` in sacct and squeue:
+    each waiting task is known, none is taken for vanished, and each counts against the limits."""
+    assert expand_range("0-12:2%2") == [0, 2, 4, 6, 8, 10, 12]
+    assert expand_range("1,5-11:3") == [1, 5, 8, 11]
+    recs = by_id(records("sacct_step_range.txt"))
+    assert sorted(recs, key=lambda j: int(j.split("_")[1])) == [f"31376_{t}" for t in range(0, 13, 2)]
+    assert all(r[0].state == "PENDING" and r[0].collapsed for r in recs.values())
+    queued = limits.queue((DATA / "squeue_step_range.txt").read_text())
+    assert [q.tasks for q in queued] == [7]
 
 
 def test_collapsed_pending_range_becomes_one_record_per_task():
