@@ -1,8 +1,10 @@
 """The site's limits on what one user may have in the queue, and the room they leave now.
 
 Slurm counts every array task as one job against ``MaxSubmitJobs`` (of the user's association, and
-``MaxSubmitJobsPerUser`` of the QOS the job runs in) and against the controller's ``MaxJobCount``,
-and jobs the user already has queued count too. A site may also document a cap it does not enforce
+``MaxSubmitJobsPerUser`` of the QOS the job runs in), where jobs the user already has queued count
+too, and against the controller's ``MaxJobCount``, where every job it holds counts: every user's,
+and ended ones until ``MinJobAge`` purges them (a cancelled array of 100,000 waiting tasks for ten
+minutes by default). A site may also document a cap it does not enforce
 the same way (LUMI: about 200 jobs per user and partition): the config's ``max_queued``. autoexp
 submits no more than the room and leaves the rest held, for the sidecar to submit as tasks leave
 the queue (actions.submit_runs), so that sbatch never refuses a launch for a limit autoexp could
@@ -35,6 +37,7 @@ class Limit:
     qos: str | None = None
     account: str | None = None
     partition: str | None = None
+    controller: bool = False  # counts every job the controller holds (MaxJobCount), not the user's queued ones
 
 
 @dataclass(frozen=True)
@@ -90,21 +93,34 @@ def queue(text: str) -> list[Queued]:
     found = []
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) < 4:
-            continue
-        job = fields[0]
-        pending = re.match(r"^\d+_\[(.*)\]$", job)
-        found.append(Queued(len(expand_range(pending.group(1))) if pending else 1, *fields[1:4]))
+        if len(fields) >= 4:
+            found.append(Queued(tasks(fields[0]), *fields[1:4]))
     return found
 
 
-def room(limits: list[Limit], queued: list[Queued]) -> Room:
-    """The room the tightest limit leaves, counting the queued jobs each limit counts."""
+def held_by_controller(text: str) -> int:
+    """How many jobs the controller holds, from ``squeue -h --states=all -o %i`` of every user (an
+    array's rest, waiting or cancelled while waiting, counts each of its tasks)."""
+    return sum(tasks(line.strip()) for line in text.splitlines() if line.strip())
+
+
+def tasks(job: str) -> int:
+    """The jobs a line of squeue stands for: ``12_[4-99%5]`` is 96, ``12_3`` or ``12`` one."""
+    pending = re.match(r"^\d+_\[(.*)\]$", job)
+    return len(expand_range(pending.group(1))) if pending else 1
+
+
+def room(limits: list[Limit], queued: list[Queued], controller_jobs: int = 0) -> Room:
+    """The room the tightest limit leaves, counting the queued jobs each limit counts (the
+    controller's ``controller_jobs`` for MaxJobCount, which refuses a job that would reach it)."""
     best = Room(None)
     for limit in limits:
-        used = sum(q.tasks for q in queued if limit.qos in (None, q.qos) and limit.account in (None, q.account)
-                   and (limit.partition is None or limit.partition in q.partition.split(",")))
-        free = max(0, limit.count - used)
+        if limit.controller:
+            used, free = controller_jobs, max(0, limit.count - controller_jobs - 1)
+        else:
+            used = sum(q.tasks for q in queued if limit.qos in (None, q.qos) and limit.account in (None, q.account)
+                       and (limit.partition is None or limit.partition in q.partition.split(",")))
+            free = max(0, limit.count - used)
         if best.free is None or free < best.free:
-            best = Room(free, f"{limit.what}: {limit.count}, {used} queued")
+            best = Room(free, f"{limit.what}: {limit.count}, {used} {'held' if limit.controller else 'queued'}")
     return best

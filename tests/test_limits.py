@@ -77,6 +77,11 @@ def test_limits_from_captured_outputs():
                         Limit(200000, "MaxJobCount")], queued)
     assert room == Room(16, f"MaxSubmitJobsPerUser of QOS {QOS}: 25, 9 queued")
     assert limits.room([Limit(10, "max_queued in partition small", partition="small")], queued).free == 9
+    # MaxJobCount counts every job the controller holds, a cancelled array's waiting rest too
+    held = limits.held_by_controller((DATA / "squeue_all_states.txt").read_text())
+    assert held == 110004  # what squeue -r counted then
+    assert limits.room([Limit(200000, "MaxJobCount", controller=True)], queued, held) == \
+        Room(200000 - 110004 - 1, "MaxJobCount: 200000, 110004 held")
 
 
 def test_limit_refusals_are_told_from_other_refusals():
@@ -181,6 +186,35 @@ def test_sbatch_takes_the_specs_of_3000_scattered_tasks_and_refuses_a_longer_one
             ids.append(sched.submit(Submission(script, array=arrayspec.compress(range(0, 2000, 2)))))
     finally:
         sched.cancel(ids)
+
+
+@pytest.mark.usefixtures("slurm")
+def test_max_job_count_counts_what_the_controller_holds_a_cancelled_rest_too(tmp_path):
+    """MaxJobCount counts every job the controller holds: an array cancelled while its tasks wait
+    still counts them until MinJobAge purges it (a launch right after cancelling a 100,000-task
+    array was refused for it). The room autoexp computes counts them; the user's queue is empty."""
+    script = tmp_path / "t.sbatch"
+    script.write_text("#!/bin/bash\n#SBATCH --output=/dev/null\n#SBATCH --time=00:01:00\n#SBATCH --mem=50M\ntrue\n")
+    sched = SlurmScheduler(tmp_path)
+    job = sched.submit(Submission(script, array="0-99", options=("--hold",)))
+    try:
+        subprocess.run(["scontrol", "release", f"{job}_0"], check=True, capture_output=True, timeout=60)
+        wait_for(lambda: not subprocess.run(["squeue", "-h", "-t", "PENDING,RUNNING", "-r", "-o", "%i", f"--jobs={job}"],
+                                            capture_output=True, text=True, timeout=60).stdout.count(f"{job}_0\n"),
+                 timeout=120, what=f"task {job}_0 to run and end")
+    finally:
+        sched.cancel([job])
+    mine = subprocess.run(["squeue", "-h", f"--user={getpass.getuser()}", "-o", "%i"], capture_output=True, text=True,
+                          timeout=60).stdout.split()
+    assert not [line for line in mine if line.split("_")[0] == job]  # the user's queue counts none of it
+    held = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i"], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.split()
+    assert sum(limits.tasks(line) for line in held if line.split("_")[0] == job) == 100  # 0 ran, 1-99 cancelled
+    max_jobs = int(parse_config(subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                               timeout=60).stdout)["MaxJobCount"])
+    room = sched.room([script], None)
+    assert room.why.startswith("MaxJobCount of the controller") and room.free is not None
+    assert room.free <= max_jobs - 100 - 1
 
 
 @pytest.mark.core
