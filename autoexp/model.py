@@ -353,20 +353,42 @@ def show_latest(run: Run) -> None:
     run["exit_code"], run["nodes"] = latest.get("exit_code"), latest.get("nodes")
 
 
-SHARED = ("job_id", "state", "submitted", "started", "completed", "exit_code", "nodes", "reason")
+SHARED = frozenset({"job_id", "state", "submitted", "started", "completed", "exit_code", "nodes", "reason"})
 
 
-def share_strings(state: State) -> None:
-    """Make equal strings of the runs one object: a run repeats its latest attempt's fields
-    (:func:`show_latest`) and an array's tasks their submission time, state and exit code, but a
-    parsed file holds a copy of each. A kept state of 10,000 runs takes a fifth less memory."""
+class _RunKeys:
+    """Holds nothing: its instances' attribute dicts are compacted runs (see :func:`compact`)."""
+
+
+class _AttemptKeys:
+    """Holds nothing: its instances' attribute dicts are compacted attempts."""
+
+
+def compact(run: Run, memo: dict[str, str]) -> Run:
+    """The same run in a third less memory, for a state a sidecar keeps: still plain dicts, equal
+    in every way, but the run's and its attempts' share one key table with every other run's (an
+    object's attribute dict shares its class's keys, PEP 412: 200 bytes instead of 480 for a run),
+    and the strings a run repeats from its latest attempt (:func:`show_latest`) and an array's tasks
+    from each other (submission time, state, exit code) are one object each (``memo``)."""
+    run["attempts"] = [_keys_shared(attempt, _AttemptKeys, memo) for attempt in run["attempts"]]
+    return _keys_shared(run, _RunKeys, memo)
+
+
+def _keys_shared(record: Any, holder_class: type, memo: dict[str, str]) -> Any:
+    keys_shared = holder_class().__dict__
+    for key, value in record.items():
+        if key in SHARED and value.__class__ is str:
+            value = memo.setdefault(value, value)
+        keys_shared[key] = value  # a key the shared table cannot take makes this one dict a plain one
+    return keys_shared
+
+
+def compact_runs(state: State) -> None:
+    """:func:`compact` every run of a state that is kept."""
     memo: dict[str, str] = {}
-    for run in state["runs"].values():
-        for record in (run, *run["attempts"]):
-            for key in SHARED:
-                value = record.get(key)
-                if value.__class__ is str:
-                    record[key] = memo.setdefault(value, value)  # type: ignore[literal-required]
+    runs = state["runs"]
+    for name in runs:
+        runs[name] = compact(runs[name], memo)
 
 
 def mark_cancelled(run: Run, reason: str, when: str) -> None:

@@ -19,14 +19,14 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from . import report, seedviews
 from .errors import AutoexpError, InputError
 from .clock import now
-from .model import SCHEMA, State, recount, share_strings
+from .model import SCHEMA, State, compact, recount
 
 STATE = "state.json"
 LOCK = "state.json.lock"
@@ -65,6 +65,41 @@ def loads(data: bytes | str) -> State:
         return json.loads(data)
 
 
+def loads_kept(fh: BinaryIO) -> State | None:
+    """state.json laid out as :func:`dumps` writes it, parsed a line at a time and each run
+    compacted as it is read (:func:`autoexp.model.compact`): a sidecar keeping 100,000 runs never
+    holds the file's text and a plain copy of every run beside them. None for another layout (a
+    line that is not a whole entry), or a file cut short: then the file is parsed whole."""
+    if fh.readline() != b"{\n":
+        return None
+    document: dict[str, Any] = {}
+    memo: dict[str, str] = {}
+    lines = iter(fh)
+    with collector_paused(), contextlib.suppress(ValueError):
+        for line in lines:
+            if line == b"}\n":
+                return document  # type: ignore[return-value]
+            body = line.rstrip(b",\n")
+            if body == b' "runs": {':
+                runs = document["runs"] = {}
+                for line in lines:
+                    body = line.rstrip(b",\n")
+                    if body == b" }":
+                        break
+                    ((name, run),) = json.loads(b"{" + body + b"}").items()
+                    runs[name] = compact(run, memo)
+            elif body == b' "history": [':
+                entries = document["history"] = []
+                for line in lines:
+                    body = line.rstrip(b",\n")
+                    if body == b" ]":
+                        break
+                    entries.append(json.loads(body))
+            else:
+                document.update(json.loads(b"{" + body + b"}"))
+    return None
+
+
 def encode(value: Any) -> bytes:
     """One JSON value on one line: orjson's (five times json's C encoder), or json's for what
     orjson refuses (an integer beyond 64 bits in a sweep, say). Both write strict JSON."""
@@ -99,20 +134,24 @@ def without_entries(data: bytes, keys: tuple[str, ...] = ("runs", "history")) ->
     return b"".join([*parts, data[at:]])
 
 
-def read(exp_dir: Path, history: bool = True, raw: list[bytes] | None = None) -> State:
+def read(exp_dir: Path, history: bool = True, raw: list[bytes] | None = None, kept: bool = False) -> State:
     """The state as last written; an unknown directory or a newer schema is an InputError.
 
     With ``raw``, the file's bytes are appended to it and the runs' and the history's entries are
     left unparsed (empty), where :func:`span_of` finds them: for a reader that copies their text
-    (``status --json``: statusview.json_bytes)."""
+    (``status --json``: statusview.json_bytes). With ``kept``, for a state the caller keeps (a
+    sidecar's), a line at a time, each run compacted (:func:`loads_kept`)."""
     file = path(exp_dir)
     try:
         with open(file, "rb") as fh:
-            data = fh.read()
-        if raw is not None:
+            state = loads_kept(fh) if kept else None
+            if state is None:
+                fh.seek(0)
+                data = fh.read()
+        if state is None and raw is not None:
             raw.append(data)
             state = loads(without_entries(data))
-        else:  # the file's bytes let go before parsing: the text and the parsed state are enough at once
+        elif state is None:  # the file's bytes let go before parsing: the text and the parsed state are enough at once
             text = (data if history else without_history(data)).decode()
             del data
             state = loads(text)
@@ -276,16 +315,13 @@ def locked(exp_dir: Path, timeout: float = LOCK_TIMEOUT, written: list | None = 
     ``known`` is a (stamp, state) this process wrote and kept: if state.json is still that file,
     the block gets that state instead of parsing the file again (a sidecar's poll of 10,000 runs
     spends a fifth of its time reading). With ``keep`` (the caller keeps the state after the block,
-    as a sidecar does), a state read from the file shares its equal strings
-    (:func:`autoexp.model.share_strings`)."""
+    as a sidecar does), a state read from the file is read compacted (:func:`loads_kept`)."""
     with lock(exp_dir, timeout):
         if known is not None and stamp(exp_dir) == known[0]:
             state = known[1]
         else:
             known = None  # a state the file no longer is: let it go before the file is parsed
-            state = read(exp_dir)
-            if keep:
-                share_strings(state)
+            state = read(exp_dir, kept=keep)
         yield state
         write(exp_dir, state)
         if written is not None:

@@ -102,11 +102,11 @@ def measure(exp_dir: Path, after: int, every: float, run_for: float) -> None:
 def held(exp_dir: Path, shim_count: Path, changed: int = 100) -> None:
     """The four polls of a held experiment (see the module's docstring); one JSON line each."""
     settings = sidecar.Settings.load(exp_dir)
-    st = statefile.read(exp_dir)
+    st = statefile.read(exp_dir, raw=[])  # its runs left unparsed: the stand-in's own read must not set the peak
     sched = backends.get(st["scheduler"], exp_dir)
     array, created, since = st["arrays"][0]["job_id"], st["created"], records.since(st)
     sidecar_job = st["sidecar"]["job_id"]
-    del st  # the sidecar holds no state between polls: neither does its stand-in
+    del st
     real_sacct = os.environ["BENCH_REAL_SACCT"]
 
     def one(what: str, targets) -> sidecar.PollResult:

@@ -83,7 +83,7 @@ def _poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None
           targets: Watch | None) -> PollResult:
     result = PollResult()
     started = time.monotonic()
-    watch = targets or Watch(*query_targets(statefile.read(exp_dir)))
+    watch = targets or first_watch(exp_dir)
     records: list[JobRecord] | None = None
     asked_at = time.time()
     if query and watch.ids:
@@ -125,6 +125,16 @@ def _poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None
     result.targets.state = st if written else None
     result.work_s = time.monotonic() - started - result.query_s
     return result
+
+
+def first_watch(exp_dir: Path) -> Watch:
+    """A first poll's targets, from the state read as the poll keeps it: the poll then starts from
+    that state unless someone writes state.json before it takes the lock (one parse, not two)."""
+    stamp = statefile.stamp(exp_dir)  # before reading: a write after it shows as another stamp
+    st = statefile.read(exp_dir, kept=True)
+    watch = Watch(*query_targets(st))
+    watch.stamp, watch.state = stamp, st
+    return watch
 
 
 def query_targets(st: State, full: bool = False) -> tuple[list[str], dt.datetime]:
