@@ -61,6 +61,17 @@ exit $rc
 
 # --------------------------------------------------------------------------- polling (child)
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM), in MiB. Not getrusage's ru_maxrss: Linux carries that
+    over fork and exec, so a child started by a parent that planned 100,000 runs would report the
+    parent's size."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def measure(exp_dir: Path, after: int, every: float, run_for: float) -> None:
     """Poll like the sidecar until done, then ``after`` more times; one JSON line per poll."""
     settings = sidecar.Settings.load(exp_dir)
@@ -92,7 +103,7 @@ def measure(exp_dir: Path, after: int, every: float, run_for: float) -> None:
         print(json.dumps({"phase": "finished" if result.done else "running", "records": result.records,
                           "sacct_wall": result.query_s - parsing[0], "sacct_cpu": sacct_cpu,
                           "own_wall": result.work_s + parsing[0], "own_cpu": time.process_time() - cpu,
-                          "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          "rss_mb": peak_rss_mb(),
                           "counts": counts}), flush=True)
         if result.done:
             extra = (extra or 0) + 1
@@ -118,7 +129,7 @@ def held(exp_dir: Path, shim_count: Path, changed: int = 100) -> None:
         print(json.dumps({"what": what, "own_cpu": own, "sacct_wall": result.query_s, "sacct_calls": len(rows),
                           "rows": sum(rows), "records": result.records, "changes": result.changes,
                           "wrote": not result.quiet,
-                          "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+                          "rss_mb": peak_rss_mb()}), flush=True)
         return result
 
     def listed() -> bool:  # accounting lists the held array and the cancelled sidecar job: a quiet poll is quiet
