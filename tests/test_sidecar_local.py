@@ -40,7 +40,10 @@ def test_second_sidecar_exits_and_time_limit_hands_over(workdir):
     wait_for(lambda: read_state(exp)["sidecar"].get("heartbeat"), timeout=30, what="the sidecar to start")
     intruder = run_cli("sidecar", exp, cwd=workdir, timeout=30)  # the lease is held: exits at once
     assert intruder.returncode == 0 and "holds the lease" in intruder.stdout
-    st = wait_state_done(exp, timeout=90)
+    wait_state_done(exp, timeout=90)
+    # the last sidecar releases the lease in a write of its own, just after the one that says done
+    st = wait_for(lambda: (lambda s: s if s["sidecar"].get("stopped") else None)(read_state(exp)), timeout=30,
+                  what="the last sidecar to release the lease")
     assert {n: r["state"] for n, r in st["runs"].items()} == {"ckpt0": "COMPLETED", "ckpt1": "COMPLETED",
                                                              "fail2": "FAILED"}
     for name in ("ckpt0", "ckpt1"):  # nothing missed or doubled across the hand-over
