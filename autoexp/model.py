@@ -383,14 +383,6 @@ def _keys_shared(record: Any, holder_class: type, memo: dict[str, str]) -> Any:
     return keys_shared
 
 
-def compact_runs(state: State) -> None:
-    """:func:`compact` every run of a state that is kept."""
-    memo: dict[str, str] = {}
-    runs = state["runs"]
-    for name in runs:
-        runs[name] = compact(runs[name], memo)
-
-
 def mark_cancelled(run: Run, reason: str, when: str) -> None:
     """Cancelled by ``reason`` (the user, a rule): the sidecar's retry rules skip such runs."""
     if run["attempts"]:

@@ -82,22 +82,23 @@ def loads_kept(fh: BinaryIO) -> State | None:
             body = line.rstrip(b",\n")
             if body == b' "runs": {':
                 runs = document["runs"] = {}
-                for line in lines:
-                    body = line.rstrip(b",\n")
-                    if body == b" }":
-                        break
+                for body in _entries(lines, b" }"):
                     ((name, run),) = json.loads(b"{" + body + b"}").items()
                     runs[name] = compact(run, memo)
             elif body == b' "history": [':
-                entries = document["history"] = []
-                for line in lines:
-                    body = line.rstrip(b",\n")
-                    if body == b" ]":
-                        break
-                    entries.append(json.loads(body))
+                document["history"] = [json.loads(body) for body in _entries(lines, b" ]")]
             else:
                 document.update(json.loads(b"{" + body + b"}"))
     return None
+
+
+def _entries(lines: Iterator[bytes], close: bytes) -> Iterator[bytes]:
+    """The entries of the runs or the history, one per line, up to the line that closes them."""
+    for line in lines:
+        body = line.rstrip(b",\n")
+        if body == close:
+            return
+        yield body
 
 
 def encode(value: Any) -> bytes:

@@ -23,7 +23,7 @@ class Watch:
 
     ids: list[str]
     since: dt.datetime
-    stamp: tuple[int, int, int] | None = None  # state.json (inode, size, mtime) as the poll wrote it
+    stamp: tuple[int, int, int] | None = None  # state.json (inode, size, mtime) as the poll wrote (or first read) it
     answer: frozenset[Hashable] | None = None  # the applied answer, without elapsed times
     logs: dict[str, int | None] = field(default_factory=dict)  # log still read -> its size then
     due: float = 0.0  # epoch: a full poll by then, whatever the answer
