@@ -56,13 +56,17 @@ def split(tasks: Iterable[int], room: int | None = None, max_len: int = MAX_SPEC
     return groups
 
 
-def expand_range(spec: str) -> list[int]:
+def spans(spec: str) -> tuple[range, ...]:
     """An --array value, ``4-9%2``, ``1,3,5-7`` or ``0-1818:2`` (a step: how squeue and sacct show
-    every other task waiting), as task ids (the ``%N`` throttle is dropped)."""
-    spec = spec.split("%")[0]
-    tasks: list[int] = []
-    for word in filter(None, spec.split(",")):
+    every other task waiting), as ranges of task ids (the ``%N`` throttle is dropped)."""
+    found = []
+    for word in filter(None, spec.split("%")[0].split(",")):
         span, _, step = word.partition(":")
         lo, _, hi = span.partition("-")
-        tasks.extend(range(int(lo), int(hi or lo) + 1, int(step or 1)))
-    return tasks
+        found.append(range(int(lo), int(hi or lo) + 1, int(step or 1)))
+    return tuple(found)
+
+
+def expand_range(spec: str) -> list[int]:
+    """The task ids of an --array value (:func:`spans`)."""
+    return [task for span in spans(spec) for task in span]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .arrayspec import expand_range
+from .arrayspec import spans
 
 # sbatch's words when a submission limit refused a job: "no room now", not a failure.
 LIMIT_REFUSAL = re.compile(r"MaxSubmitJob|SubmitJobLimit|GrpSubmitJob|MaxJobCount|"
@@ -107,7 +107,7 @@ def held_by_controller(text: str) -> int:
 def tasks(job: str) -> int:
     """The jobs a line of squeue stands for: ``12_[4-99%5]`` is 96, ``12_3`` or ``12`` one."""
     pending = re.match(r"^\d+_\[(.*)\]$", job)
-    return len(expand_range(pending.group(1))) if pending else 1
+    return sum(map(len, spans(pending.group(1)))) if pending else 1
 
 
 def room(limits: list[Limit], queued: list[Queued], controller_jobs: int = 0) -> Room:

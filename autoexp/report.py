@@ -7,8 +7,11 @@ between the two writes is noticed and the file is rebuilt whole from the history
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from array import array
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,24 +96,47 @@ def _cell(text: Any) -> str:
 
 
 class Rows:
-    """The summary's row of each run, kept with the hash of the run's encoding in state.json: a
-    sidecar writing the summary of 10,000 runs again after 100 changed formats 100 rows, not
-    10,000 (a run encoded alike shows alike). One experiment's at a time."""
+    """The summary's rows of unchanged runs, copied from the summary this process wrote last: a
+    sidecar writing the summary of 100,000 runs after 100 changed formats 100 rows, and keeps 16
+    bytes a run between writes (a key and a line number), not the rows. A row is reused when its
+    run's encoding in state.json, its name and its table's columns are as they were, and only if
+    the file is still the one written then (:meth:`wrote`; anyone else's write: every row anew)."""
 
     def __init__(self) -> None:
-        self.exp_dir: str | None = None
-        self.rows: dict[str, tuple[int, str]] = {}
+        self.stamp: tuple[int, int, int] | None = None  # the file as written with keys and lines
+        self.keys, self.lines = array("q"), array("q")  # per row, in order: its key, its line there
+        self.pending: tuple[array, array] | None = None  # those of the file being written
 
-    def row(self, name: str, run: Run, axis: list[str], exp_dir: str, encoded: int | None) -> str:
-        if encoded is None:
-            return table_row(name, run, axis, exp_dir)
-        if exp_dir != self.exp_dir:
-            self.exp_dir, self.rows = exp_dir, {}
-        key = hash((encoded, *axis))
-        kept = self.rows.get(name)
-        if kept is None or kept[0] != key:
-            kept = self.rows[name] = (key, table_row(name, run, axis, exp_dir))
-        return kept[1]
+    def wrote(self, file: Path) -> None:
+        """The summary being rendered is now ``file``: its rows may be reused next time."""
+        if self.pending is not None:
+            (self.keys, self.lines), self.pending = self.pending, None
+            info = os.stat(file)
+            self.stamp = info.st_ino, info.st_size, info.st_mtime_ns
+
+    @contextlib.contextmanager
+    def previous(self, file: Path | None) -> Iterator[Callable[[int], str] | None]:
+        """``line(n)`` of the file as last written (read forward only), or None if it is not that."""
+        try:
+            fh = open(file, encoding="utf-8") if file is not None and self.stamp is not None else None
+        except OSError:
+            fh = None
+        if fh is None:
+            yield None
+            return
+        with fh:
+            info = os.fstat(fh.fileno())
+            if (info.st_ino, info.st_size, info.st_mtime_ns) != self.stamp:
+                yield None
+                return
+            at, text = -1, ""
+
+            def line(n: int) -> str:
+                nonlocal at, text
+                while at < n:
+                    text, at = fh.readline(), at + 1
+                return text.rstrip("\n")
+            yield line
 
 
 ROWS = Rows()
@@ -122,9 +148,10 @@ def table_row(name: str, run: Run, axis: list[str], exp_dir: str) -> str:
         f"{human_time(run.get('started'))} | {human_time(run.get('completed'))} | {_cell(notes(run, exp_dir))} |"
 
 
-def summary(state: State, encoded: dict[str, int] | None = None) -> str:
-    """experiment_summary.md; ``encoded``: the hash of each run's text in state.json (as
-    statefile.dumps wrote it), to reuse the rows of unchanged runs."""
+def summary(state: State, encoded: dict[str, int] | None = None, file: Path | None = None) -> Iterator[bytes]:
+    """experiment_summary.md, a line at a time; ``encoded``: the hash of each run's text in
+    state.json (as statefile.dumps wrote it), to reuse the rows of unchanged runs from ``file``
+    as this process last wrote it (:class:`Rows`)."""
     exp_dir = state.get("exp_dir", "")
     encoded = encoded or {}
     lines = [f"# Experiment: {state['experiment']}", "",
@@ -141,13 +168,30 @@ def summary(state: State, encoded: dict[str, int] | None = None) -> str:
         lines.append(f"Ended early: {state['ended_by']}.")
     if state.get("held"):
         lines.append(held_text(state) + ".")
-    for title, rows in tables(state):
-        axis = list(dict.fromkeys(k for _, run in rows for k in run.get("axis") or {}))
-        first = ["Run", *(k.capitalize() for k in axis)] if axis else ["Run Name"]
-        head = [*first, "Status", "Job ID", "Started", "Completed", "Notes"]
-        lines += ["", f"## {title}", "", "| " + " | ".join(head) + " |",
-                  "|" + "|".join("-" * (len(h) + 2) for h in head) + "|"]
-        lines += [ROWS.row(name, run, axis, exp_dir, encoded.get(name)) for name, run in rows]
+    keys, at = array("q"), array("q")
+    written = 0
+    with ROWS.previous(file) as previous:
+        for title, rows in tables(state):
+            axis = list(dict.fromkeys(k for _, run in rows for k in run.get("axis") or {}))
+            first = ["Run", *(k.capitalize() for k in axis)] if axis else ["Run Name"]
+            head = [*first, "Status", "Job ID", "Started", "Completed", "Notes"]
+            lines += ["", f"## {title}", "", "| " + " | ".join(head) + " |",
+                      "|" + "|".join("-" * (len(h) + 2) for h in head) + "|"]
+            for line in lines:
+                yield f"{line}\n".encode()
+                written += 1 + line.count("\n")
+            lines = []
+            columns = hash((*axis, exp_dir))
+            for name, run in rows:
+                key = hash((encoded[name], name, columns)) if name in encoded else 0
+                n = len(keys)
+                reuse = previous is not None and key != 0 and n < len(ROWS.keys) and ROWS.keys[n] == key
+                row = previous(ROWS.lines[n]) if reuse and previous is not None else table_row(name, run, axis, exp_dir)
+                keys.append(key)
+                at.append(written)
+                yield f"{row}\n".encode()
+                written += 1
+    ROWS.pending = keys, at
     if state.get("done"):
         lines += ["", "## Final status", ""]
         by_state: dict[str, list[str]] = {}
@@ -160,7 +204,7 @@ def summary(state: State, encoded: dict[str, int] | None = None) -> str:
         lines.append("Each run's log is `runs/<run>/slurm-<array>_<task>.out` (a stage's too; a link to the file "
                      "Slurm writes in `logs/`); events in "
                      "`events.log`; curves, parameters and a timeline in `report.html`.")
-    return "\n".join(lines) + "\n"
+    yield ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def held_text(state: State | dict) -> str:

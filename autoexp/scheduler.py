@@ -18,7 +18,7 @@ from .jobstates import TERMINAL
 from .limits import Room
 
 
-@dataclass(slots=True)  # a poll of 10,000 tasks holds 10,000 of them
+@dataclass(slots=True)  # a poll of 10,000 running tasks holds 10,000 of them
 class JobRecord:
     """One allocation of one job or array task, as accounting reports it."""
 
@@ -34,11 +34,16 @@ class JobRecord:
     exit_code: str | None = None
     nodes: str | None = None
     reason: str = ""  # what follows the state, e.g. "by 1000" in "CANCELLED by 1000"
-    collapsed: bool = False  # expanded from a pending range row (123_[4-9]): no row of its own yet
+    collapsed: bool = False  # a row of tasks that never started (job_id "123_[4-9]"): one record for all
+    tasks: tuple[range, ...] = ()  # a collapsed row's tasks (its task is None)
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    def lists(self, task: int) -> bool:
+        """Whether this collapsed row stands for ``task``."""
+        return any(task in span for span in self.tasks)
 
 
 @dataclass

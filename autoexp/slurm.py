@@ -24,7 +24,7 @@ from . import limits
 from .durations import slurm_time_seconds
 from .errors import SchedulerError, SchedulerFull, SchedulerTimeout
 from .limits import Limit, Room
-from .arrayspec import expand_range
+from .arrayspec import spans
 from .scheduler import JobRecord, Scheduler, Submission
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Submit", "Start", "End", "ElapsedRaw", "ExitCode",
@@ -281,10 +281,13 @@ def parse_sacct(text: str) -> list[JobRecord]:
         cols = line.split("|")
         if len(cols) < len(SACCT_FIELDS) or "." in cols[0]:  # a step (123.batch, 123_4.0): its row says it all
             continue
-        if _ARRAY_PENDING.match(cols[0]):
-            records.extend(_pending_tasks(line))
-            continue
         common = _columns(cols)
+        pending = _ARRAY_PENDING.match(cols[0])
+        if pending:  # tasks that never started: one row, one record (100,000 waiting tasks cost one)
+            records.append(JobRecord(job_id=cols[0], array_job=pending.group(1), collapsed=True,
+                                     tasks=spans(pending.group(2)),
+                                     **{**common, "started": None, "elapsed_s": 0, "nodes": None}))
+            continue
         one_task = _ARRAY_ID.match(cols[0])
         if one_task:
             records.append(JobRecord(job_id=cols[0], array_job=one_task.group(1), task=int(one_task.group(2)),
@@ -302,32 +305,3 @@ def _columns(cols: list[str]) -> dict[str, Any]:
             "completed": _time(end) if state not in ("PENDING", "RUNNING") else None,
             "elapsed_s": int(elapsed) if elapsed.isdigit() else None, "exit_code": exit_code or None,
             "nodes": nodes if nodes and nodes != "None assigned" else None}
-
-
-_PENDING_KEPT: dict[tuple[str, str], dict[int, JobRecord]] = {}  # (array, row without its range) -> records
-
-
-def _pending_tasks(line: str) -> list[JobRecord]:
-    """The tasks of a collapsed row of tasks that never started (``123_[4-999%16]``; it may lag
-    behind the tasks' own rows). A big sweep's waiting tasks come back as the same row poll after
-    poll, its range shrinking as they start: each task's record is built once and kept while
-    the row lists it."""
-    cols = line.split("|")
-    pending = _ARRAY_PENDING.match(cols[0])
-    assert pending is not None
-    array_job = pending.group(1)
-    row = (array_job, line[len(cols[0]):])
-    kept = _PENDING_KEPT.pop(row, {})
-    common: dict[str, Any] | None = None
-    records: dict[int, JobRecord] = {}
-    for task in expand_range(pending.group(2)):
-        record = kept.get(task)
-        if record is None:
-            common = common or {**_columns(cols), "started": None, "elapsed_s": 0, "nodes": None}
-            record = JobRecord(job_id=f"{array_job}_{task}", array_job=array_job, task=task, collapsed=True,
-                               **common)
-        records[task] = record
-    if len(_PENDING_KEPT) >= 64:  # rows of arrays long gone
-        _PENDING_KEPT.clear()
-    _PENDING_KEPT[row] = records
-    return list(records.values())

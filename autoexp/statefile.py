@@ -251,7 +251,9 @@ def write(exp_dir: Path, state: State) -> None:
     events, rebuild = report.events_update(log, state)
     hashes: dict[str, int] = {}
     atomic_write(exp_dir / STATE, dumps(state, hashes))
-    atomic_write(exp_dir / (seedviews.OWN_SUMMARY if own else SUMMARY), report.summary(state, hashes))
+    summary = exp_dir / (seedviews.OWN_SUMMARY if own else SUMMARY)
+    atomic_write(summary, report.summary(state, hashes, summary))
+    report.ROWS.wrote(summary)
     if own:
         with contextlib.suppress(FileNotFoundError):
             atomic_write(exp_dir / own, seedviews.with_status((exp_dir / own).read_text(), state))

@@ -77,7 +77,8 @@ class LogScan(Work):
         if found.restarted:
             model.log(self.st, "LOG_RESET", name, self.when, Log=os.path.relpath(cursor["path"], self.exp_dir),
                       Reason=f"the log was {found.restarted}; reading it again from the start")
-        run["metrics"].update(found.metrics)
+        if found.metrics:  # a new dict: a kept state's runs share their first, empty one (model.compact)
+            run["metrics"] = {**run["metrics"], **found.metrics}
         for match in found.events:
             self._event(name, run, cursor, match.rule.name, match.groups, match.rule.action)
         return found.more
@@ -90,7 +91,7 @@ class LogScan(Work):
             return
         self.result.events += 1
         attempt = cursor["attempt"]
-        run["events"].append(model.new_event(event, self.when, groups, attempt))
+        run["events"] = [*run["events"], model.new_event(event, self.when, groups, attempt)]  # (as metrics)
         model.log(self.st, "LOG_EVENT", name, self.when, Event=event,
                   Groups=", ".join(f"{k}={v}" for k, v in groups.items()) or None,
                   Attempt=attempt if attempt > 1 else None,

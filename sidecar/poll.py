@@ -121,6 +121,7 @@ def _poll(exp_dir: Path, sched: Scheduler, settings: Settings, lease: str | None
         ids, since = query_targets(st)
         result.targets = Watch(ids, since, answer=fingerprint(within(records, ids, since)) if applied and records
                                else None, logs=logs_read(st, settings), due=due(st, settings, work.now))
+        records = None  # the answer let go before the state is written: the write's peak is the poll's
     result.targets.stamp = written[0] if written else None
     result.targets.state = st if written else None
     result.work_s = time.monotonic() - started - result.query_s

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import statefile
@@ -26,7 +26,7 @@ from ..scheduler import JobRecord
 from .policy import REQUEUE_GRACE
 from .records import REQUEUE_STATES, WINDOW_MARGIN, key
 from .settings import Settings
-from .work import Watch
+from .work import Key, Watch
 
 FULL_EVERY = 600  # s: a full poll (state.json written) at least this often, even if nothing changed
 
@@ -39,7 +39,7 @@ def unchanged(watch: Watch, exp_dir: Path, records: Sequence[JobRecord], now: fl
         and all(size_of(path) == size for path, size in watch.logs.items())
 
 
-def fingerprint(records: Sequence[JobRecord]) -> frozenset[Hashable]:
+def fingerprint(records: Sequence[JobRecord]) -> frozenset[Key]:
     """An answer as far as it matters (:func:`.records.key`)."""
     return frozenset(map(key, records))
 

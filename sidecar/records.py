@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Hashable
 
 from .. import clock, model
 from ..jobstates import ENDED, Phase, phase
 from ..model import Attempt, Run, State
 from ..scheduler import JobRecord
-from .work import Work
+from .work import Key, Work
 
 SINCE_MARGIN = 600  # s: accounting is asked from the experiment's creation minus this (clock skew)
 VANISH_GRACE = 60  # s: a task missing from accounting this long was cancelled while pending
@@ -74,54 +73,39 @@ class Records(Work):
     """Part of a poll: the records of one scheduler query applied to the runs' attempts."""
 
     def apply(self, records: list[JobRecord], asked_at: float, asked_from: dt.datetime | None = None,
-              applied: frozenset[Hashable] | None = None) -> None:
+              applied: frozenset[Key] | None = None) -> None:
         """Bring every attempt up to what accounting says (allocations in submission order);
         ``asked_from``: the query's window began then (None: with the experiment); ``applied``:
         the :func:`key` of every record this process applied last time, which need not be again."""
         self.asked_from = asked_from.timestamp() if asked_from else None
-        fresh = None if applied is None else {r.job_id for r in records if key(r) not in applied}
-        explicit: dict[str, list[JobRecord]] = defaultdict(list)
-        collapsed: dict[str, JobRecord] = {}
-        arrays_seen: set[str] = set()
-        for record in records:
-            if record.array_job:
-                arrays_seen.add(record.array_job)
-            if record.collapsed:
-                collapsed[record.job_id] = record
-            else:
-                explicit[record.job_id].append(record)
-        for allocations in explicit.values():
-            allocations.sort(key=lambda r: r.submitted or "~")  # stable: sacct lists them in order
+        answer = Answer(records, applied)
         self.result.records = len(records)
         model.query_of(self.st)["asked"] = asked_at
         sidecar = self.st.get("sidecar") or {}
-        if explicit.get(str(sidecar.get("job_id"))):
-            sidecar["state"] = explicit[str(sidecar["job_id"])][-1].state
-        listed = explicit.keys() | collapsed.keys()
-        news = listed if fresh is None else fresh
+        if answer.explicit.get(str(sidecar.get("job_id"))):
+            sidecar["state"] = answer.explicit[str(sidecar["job_id"])][-1].state
         for name, run in self.st["runs"].items():  # only runs with news, or a watched attempt not listed
             for attempt in run["attempts"]:
-                job_id = attempt["job_id"]
-                if job_id in news or (job_id not in listed and watched(attempt, self.now)):
-                    self._apply_run(name, run, explicit, collapsed, arrays_seen)
+                listed, news = answer.look(attempt["job_id"])
+                if news or (not listed and watched(attempt, self.now)):
+                    self._apply_run(name, run, answer)
                     break
 
-    def _apply_run(self, name: str, run: Run, explicit: dict[str, list[JobRecord]],
-                   collapsed: dict[str, JobRecord], arrays_seen: set[str]) -> None:
+    def _apply_run(self, name: str, run: Run, answer: Answer) -> None:
         attempts = run["attempts"]
         logged_from = len(attempts) - 1  # earlier attempts change silently (they are not the run's state)
         current = attempts[-1]
-        first = {job_id: first_listed([a for a in attempts if a["job_id"] == job_id], explicit.get(job_id, []))
+        first = {job_id: first_listed([a for a in attempts if a["job_id"] == job_id], answer.explicit.get(job_id, []))
                  for job_id in {a["job_id"] for a in attempts}}
         have = sum(1 for a in attempts if a["job_id"] == current["job_id"]) - first[current["job_id"]]
-        for record in explicit.get(current["job_id"], [])[have:]:  # Slurm requeued it: a new allocation
+        for record in answer.explicit.get(current["job_id"], [])[have:]:  # Slurm requeued it: a new allocation
             attempts.append(model.requeued_attempt(attempts[-1], record.submitted))
         new = len(attempts) - (logged_from + 1)
         shown = run["state"]
         seen: dict[str, int] = defaultdict(int)
         for k, attempt in enumerate(attempts):
             job_id = attempt["job_id"]
-            allocations = explicit.get(job_id) or ([collapsed[job_id]] if job_id in collapsed else [])
+            allocations = answer.allocations(job_id)
             nth = seen[job_id] - first[job_id]
             seen[job_id] += 1
             steps: list[str] = []
@@ -129,7 +113,7 @@ class Records(Work):
                 attempt.pop("missing_since", None)
                 steps = self._update(attempt, allocations[nth])
             elif not allocations and nth == 0:
-                steps = self._missing(attempt, job_id.split("_")[0] in arrays_seen)
+                steps = self._missing(attempt, job_id.split("_")[0] in answer.arrays)
             if k >= len(attempts) - new:
                 steps.insert(0, "PENDING")  # a new allocation begins by waiting
             if k >= logged_from:
@@ -181,12 +165,69 @@ class Records(Work):
 
 
 
-def key(record: JobRecord) -> Hashable:
+def key(record: JobRecord) -> Key:
     """A record as far as it matters: a running task's elapsed time grows at every query."""
     if record.collapsed:
-        return record.job_id, record.state, record.reason
+        return record.array_job, record.state, record.reason, record.tasks
     return (record.job_id, record.raw_id, record.state, record.reason, record.submitted, record.started,
             record.completed, record.exit_code, record.nodes)
+
+
+class Answer:
+    """One query's records by task: a task's rows of its own (one per allocation, in submission
+    order), or the collapsed row of waiting tasks that lists it (one record for all of them).
+
+    With ``applied`` (the keys of the last answer this process applied), a task is news if a row
+    of its own changed, or if it waits in a collapsed row and did not wait so last time: a row
+    that only shrank as tasks started brings no news for the tasks still in it."""
+
+    def __init__(self, records: list[JobRecord], applied: frozenset[Key] | None):
+        self.explicit: dict[str, list[JobRecord]] = defaultdict(list)
+        self.arrays: set[str] = set()  # arrays with any record
+        # array -> its collapsed rows, each with the tasks that waited so in the applied answer
+        self.rows: dict[str, list[tuple[JobRecord, list[tuple[range, ...]]]]] = defaultdict(list)
+        waited: dict[Key, list[tuple[range, ...]]] = defaultdict(list)  # (array, state, reason) -> tasks
+        for old in applied or ():
+            if len(old) == 4:  # a collapsed row's (see key)
+                waited[old[:3]].append(old[3])
+        for record in records:
+            if record.array_job:
+                self.arrays.add(record.array_job)
+            if record.collapsed:
+                row_key = key(record)
+                before = [record.tasks] if applied is not None and row_key in applied else waited.get(row_key[:3], [])
+                self.rows[str(record.array_job)].append((record, before))
+            else:
+                self.explicit[record.job_id].append(record)
+        for allocations in self.explicit.values():
+            allocations.sort(key=lambda r: r.submitted or "~")  # stable: sacct lists them in order
+        self.fresh = None if applied is None else \
+            {r.job_id for r in records if not r.collapsed and key(r) not in applied}
+
+    def row(self, job_id: str) -> tuple[JobRecord | None, bool]:
+        """The collapsed row listing this task, if any, and whether that is news."""
+        array, _, task = job_id.partition("_")
+        rows = self.rows.get(array)
+        if rows and task.isdigit():
+            number = int(task)
+            for row, before in rows:
+                if row.lists(number):
+                    return row, not any(number in span for tasks in before for span in tasks)
+        return None, False
+
+    def allocations(self, job_id: str) -> list[JobRecord]:
+        if job_id in self.explicit:
+            return self.explicit[job_id]
+        row, _ = self.row(job_id)
+        return [row] if row else []
+
+    def look(self, job_id: str) -> tuple[bool, bool]:
+        """(listed, news) for one task."""
+        own = job_id in self.explicit
+        if own and (self.fresh is None or job_id in self.fresh):
+            return True, True
+        row, news = self.row(job_id)
+        return own or row is not None, news
 
 
 def first_listed(same: list[Attempt], listed: list[JobRecord]) -> int:

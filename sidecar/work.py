@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Hashable
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import model, report
 from ..jobstates import FAILED, Phase, phase
@@ -15,6 +15,8 @@ from ..clock import iso
 from ..model import Attempt, Run, State
 from ..scheduler import Scheduler
 from .settings import Settings
+
+Key = tuple[Any, ...]  # an accounting record as far as a poll cares (records.key)
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Watch:
     ids: list[str]
     since: dt.datetime
     stamp: tuple[int, int, int] | None = None  # state.json (inode, size, mtime) as the poll wrote (or first read) it
-    answer: frozenset[Hashable] | None = None  # the applied answer, without elapsed times
+    answer: frozenset[Key] | None = None  # the applied answer, without elapsed times
     logs: dict[str, int | None] = field(default_factory=dict)  # log still read -> its size then
     due: float = 0.0  # epoch: a full poll by then, whatever the answer
     quiet: int = 0  # polls since the last full one that found nothing new

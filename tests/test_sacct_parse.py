@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autoexp import limits
-from autoexp.arrayspec import expand_range
+from autoexp.arrayspec import expand_range, spans
 from autoexp.slurm import parse_config, parse_end_time, parse_sacct
 
 DATA = Path(__file__).parent / "data"
@@ -21,9 +21,11 @@ def records(name: str):
 
 
 def by_id(recs):
+    """Each task's records, a collapsed row's under every task it lists."""
     found = {}
     for rec in recs:
-        found.setdefault(rec.job_id, []).append(rec)
+        for job_id in [f"{rec.array_job}_{t}" for span in rec.tasks for t in span] if rec.collapsed else [rec.job_id]:
+            found.setdefault(job_id, []).append(rec)
     return found
 
 
@@ -31,6 +33,7 @@ def test_expand_range_drops_the_throttle():
     assert expand_range("3-11%3") == list(range(3, 12))
     assert expand_range("0,2-3") == [0, 2, 3]
     assert expand_range("7") == [7]
+    assert spans("0-99999,100001%8") == (range(0, 100000), range(100001, 100002))
 
 
 def test_every_other_task_waiting_is_a_range_with_a_step():
@@ -45,11 +48,13 @@ def test_every_other_task_waiting_is_a_range_with_a_step():
     assert [q.tasks for q in queued] == [7]
 
 
-def test_collapsed_pending_range_becomes_one_record_per_task():
+def test_collapsed_pending_range_is_one_record_listing_its_tasks():
+    """100,000 waiting tasks are one row in sacct, and one record: not one per task."""
+    (pending,) = [r for r in records("sacct_pending_range.txt") if r.collapsed]
+    assert (pending.job_id, pending.state, pending.array_job, pending.task) == ("74_[3-11%3]", "PENDING", "74", None)
+    assert pending.tasks == (range(3, 12),) and pending.lists(5) and not pending.lists(2)
     recs = by_id(records("sacct_pending_range.txt"))
     assert sorted(recs, key=lambda j: int(j.split("_")[1])) == [f"74_{t}" for t in range(12)]
-    pending = recs["74_5"][0]
-    assert (pending.state, pending.collapsed, pending.array_job, pending.task) == ("PENDING", True, "74", 5)
     assert pending.started is None and pending.completed is None and pending.nodes is None
     failed = recs["74_1"][0]
     assert (failed.state, failed.exit_code, failed.collapsed) == ("FAILED", "3:0", False)

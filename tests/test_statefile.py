@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autoexp import model, statefile
+import pytest
+
+from autoexp import model, report, statefile
 
 
 class Planned:
@@ -67,6 +69,22 @@ def test_a_kept_run_changes_as_a_plain_one(tmp_path):
     assert b"".join(statefile.dumps(kept)) == b"".join(statefile.dumps(plain))
 
 
+def test_a_kept_states_empty_events_and_metrics_are_one_object_that_refuses_change(tmp_path):
+    """100,000 waiting runs share one empty ``events`` and one empty ``metrics``: changing one in
+    place would change them all, so it raises (a poll assigns new ones, and they are its own)."""
+    statefile.write(tmp_path, a_state(tmp_path))
+    kept = statefile.read(tmp_path, kept=True)
+    waiting, other = kept["runs"]["ünï"], kept["runs"]["big"]
+    assert waiting["events"] is other["events"] == [] and waiting["metrics"] is other["metrics"] == {}
+    with pytest.raises(TypeError):
+        waiting["events"].append(model.new_event("checkpoint", "2026-12-03T07:01:30Z", {}, 1))
+    with pytest.raises(TypeError):
+        waiting["metrics"]["loss"] = 0.1
+    assert other["events"] == [] and other["metrics"] == {}
+    assert kept["runs"]["plain"]["metrics"] == {"loss": 0.5}  # a run's own are its own
+    kept["runs"]["plain"]["metrics"]["loss"] = 0.4
+
+
 def test_a_state_in_another_layout_is_kept_all_the_same(tmp_path):
     """A state.json written otherwise (by hand, by an older version) is parsed whole."""
     st = a_state(tmp_path)
@@ -93,3 +111,27 @@ def test_a_sidecar_keeps_the_state_it_read_for_its_first_poll(tmp_path):
         st["runs"]["plain"]["metrics"]["loss"] = 0.25
     with statefile.locked(tmp_path, known=watch.kept(), keep=True) as st:
         assert st["runs"]["plain"]["metrics"]["loss"] == 0.25
+
+
+def test_the_summary_copies_the_rows_of_unchanged_runs_only_from_the_file_it_wrote(tmp_path, monkeypatch):
+    """A sidecar rewriting the summary of 100,000 runs formats only the rows of runs that changed,
+    and copies the rest from the summary it wrote last, never from a file someone else wrote."""
+    formatted = []
+    table_row = report.table_row
+    monkeypatch.setattr(report, "table_row", lambda name, *rest: formatted.append(name) or table_row(name, *rest))
+    summary = tmp_path / statefile.SUMMARY
+
+    def write(st):
+        formatted.clear()
+        statefile.write(tmp_path, st)
+        written = sorted(formatted)
+        assert summary.read_bytes() == b"".join(report.summary(st))  # as if every row were formatted anew
+        return written
+
+    st = a_state(tmp_path)
+    assert write(st) == sorted(st["runs"])
+    model.mark_cancelled(st["runs"]["ünï"], "user", "2026-12-03T07:05:00Z")
+    assert write(st) == ["ünï"]
+    assert write(st) == []
+    summary.write_text(summary.read_text().replace("| plain |", "| edited by hand |"))  # someone else's write
+    assert write(st) == sorted(st["runs"])
