@@ -43,6 +43,7 @@ from .settings import Settings
 from .work import PollResult
 
 log = logging.getLogger(__name__)
+END_POLLS = 3  # polls at most at a task's end (see end)
 
 
 def task_id() -> str:
@@ -161,13 +162,25 @@ def carry(exp_dir: Path) -> int:
 
 def end(exp_dir: Path, status: int) -> int:
     """The task's end: recorded, then one poll unless another carrier holds the lease, so that
-    the last task to end writes the final state."""
+    the last task to end writes the final state. A task that ended while this one polled found
+    the lease taken and left without polling: if by the state every run has ended and the
+    experiment is not done, this one polls again (the other takes the lease first, or this one)."""
     me = task_id()
     settings, sched = setup(exp_dir)
     record(exp_dir, sched, settings, me, status)
-    if take(exp_dir, sched, settings, me):
+    for _ in range(END_POLLS):
+        if not take(exp_dir, sched, settings, me):
+            break
         hold(exp_dir, sched, settings, me, None)
+        if not unfinished(statefile.read(exp_dir)):
+            break
     return 0
+
+
+def unfinished(st: State) -> bool:
+    """Every run ended by the state, nothing held, and the experiment not done: a poll is owed."""
+    return not st.get("done") and not st.get("held") and all(phase(run["state"]) == Phase.ENDED
+                                                              for run in st["runs"].values())
 
 
 # --------------------------------------------------------------------------- the watchdog

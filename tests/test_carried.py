@@ -125,9 +125,12 @@ def test_carried_mode_ends_as_the_job_sidecar_does_without_a_sidecar_allocation(
     assert event_view(b) == event_view(a)
     assert summary_view(carried, b) == summary_view(job, a)
     # No sidecar allocation: the lease was held by tasks (their ids are "<array>_<task>") and at most
-    # by watchdogs of seconds (one finishes the state when the lease holder's task ended at the same
-    # moment as the last task, whose own poll then stood down); no sidecar job was submitted.
+    # by watchdogs of seconds (while no task ran); no sidecar job was submitted. The last task to
+    # end wrote the final state, also when another task's end poll held the lease at that moment.
     assert not any(e["kind"] == "SUBMIT_SIDECAR" for e in b["history"])
+    (final,) = [e["subject"] for e in b["history"] if e["kind"] == "SIDECAR_STOP"
+                and e["details"]["Reason"] == "all runs finished"]
+    assert "_" in final, final
     wait_watchdogs_gone(carried)
     rows = sidecar_jobs(carried)
     assert all("_" in h or h in {r[0] for r in rows} for h in holders(b)), (holders(b), rows)
