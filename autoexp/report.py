@@ -118,7 +118,7 @@ class Rows:
     def previous(self, file: Path | None) -> Iterator[Callable[[int], str] | None]:
         """``line(n)`` of the file as last written (read forward only), or None if it is not that."""
         try:
-            fh = open(file, encoding="utf-8") if file is not None and self.stamp is not None else None
+            fh = open(file, encoding="utf-8", newline="\n") if file is not None and self.stamp is not None else None
         except OSError:
             fh = None
         if fh is None:

@@ -19,8 +19,8 @@ class Planned:
 def a_state(exp: Path) -> model.State:
     """Runs in every shape a poll leaves them: waiting, ended with a closed log cursor, requeued,
     retried with what a rule gave it, cancelled; awkward names and parameters (a quote and ``": ``
-    in a name, an integer beyond 64 bits, non-ASCII); and a history."""
-    names = ["plain", 'odd": {name', "ünï", "big"]
+    and a carriage return in a name, an integer beyond 64 bits, non-ASCII); and a history."""
+    names = ["plain", 'odd": {na\rme', "ünï", "big"]
     params = [{"lr": 0.1}, {"lr": 0.2, "tag": "a, b\n}"}, {"lr": 0.3}, {"seed": 2 ** 70}]
     st = model.new_experiment("exp", [Planned(k, n, p) for k, (n, p) in enumerate(zip(names, params))], exp, "slurm")
     for k, run in enumerate(st["runs"].values()):
@@ -32,7 +32,7 @@ def a_state(exp: Path) -> model.State:
     ended["log_cursor"] = {"path": ended["attempts"][-1]["log"], "offset": 10, "size": 10, "attempt": 1, "final": True}
     ended["metrics"] = {"loss": 0.5}
     ended["events"].append(model.new_event("checkpoint", "2026-12-03T07:01:30Z", {"path": "/ck/1"}, 1))
-    odd = st["runs"]['odd": {name']
+    odd = st["runs"]['odd": {na\rme']
     odd["attempts"][-1].update(state="NODE_FAIL", ended_seen="2026-12-03T07:02:10Z")
     model.add_attempt(odd, model.requeued_attempt(odd["attempts"][-1], "2026-12-03T07:03:00Z"))
     model.add_attempt(st["runs"]["ünï"], model.new_attempt(2, "8_0", None, "x.out", given={"mem": ["2G", "OOM"]}))
