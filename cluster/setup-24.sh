@@ -29,10 +29,13 @@ if [[ ! -x $ROOT24/usr/bin/apt-get ]]; then
     mv "$partial" "$ROOT24"
 fi
 [[ -s $ROOT24/etc/hosts ]] || printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' >"$ROOT24/etc/hosts"
-# apt-get and pip inside reach the network as this host does: same resolver, trusted CAs, pip.conf
-for f in /etc/resolv.conf /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
-    [[ -r $f ]] && install -D -m 0644 "$f" "$ROOT24$f"
-done
+share_network() {  # apt-get and pip inside reach the network as this host does: same resolver, trusted CAs, pip.conf
+    local f
+    for f in /etc/resolv.conf /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
+        if [[ -r $f ]]; then install -D -m 0644 "$f" "$ROOT24$f"; fi
+    done
+}
+share_network
 
 # 2. mounts (each only when not mounted yet)
 mount_in() {  # mount_in DIR MOUNT-ARGS...: mount onto $ROOT24/DIR
@@ -49,4 +52,5 @@ mount_in /dev/shm --bind /dev/shm
 install -d "$ROOT24$SCRIPTS24"
 install -m 0755 "$SCRIPT_DIR/setup.sh" "$SCRIPT_DIR/stop.sh" "$SCRIPT_DIR/lib.sh" "$ROOT24$SCRIPTS24/"
 in_root bash "$SCRIPTS24/setup.sh" || die "setup.sh inside $ROOT24 failed (logs: $ROOT24/var/log/slurm)"
+share_network  # again: installing ca-certificates inside rebuilt the CA bundle without this host's own CAs
 say "OK $(in_root sinfo --version) in $ROOT24"
