@@ -67,6 +67,11 @@ def spans(spec: str) -> tuple[range, ...]:
     return tuple(found)
 
 
+def holds(found: tuple[range, ...], task: int) -> bool:
+    """Whether ``task`` is in one of these :func:`spans`."""
+    return any(task in span for span in found)
+
+
 def expand_range(spec: str) -> list[int]:
     """The task ids of an --array value (:func:`spans`)."""
     return [task for span in spans(spec) for task in span]

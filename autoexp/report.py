@@ -185,8 +185,8 @@ def summary(state: State, encoded: dict[str, int] | None = None, file: Path | No
             for name, run in rows:
                 key = hash((encoded[name], name, columns)) if name in encoded else 0
                 n = len(keys)
-                reuse = previous is not None and key != 0 and n < len(ROWS.keys) and ROWS.keys[n] == key
-                row = previous(ROWS.lines[n]) if reuse and previous is not None else table_row(name, run, axis, exp_dir)
+                reuse = key != 0 and n < len(ROWS.keys) and ROWS.keys[n] == key
+                row = previous(ROWS.lines[n]) if previous is not None and reuse else table_row(name, run, axis, exp_dir)
                 keys.append(key)
                 at.append(written)
                 yield f"{row}\n".encode()

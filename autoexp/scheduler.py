@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arrayspec import holds
 from .jobstates import TERMINAL
 from .limits import Room
 
@@ -43,7 +44,7 @@ class JobRecord:
 
     def lists(self, task: int) -> bool:
         """Whether this collapsed row stands for ``task``."""
-        return any(task in span for span in self.tasks)
+        return holds(self.tasks, task)
 
 
 @dataclass

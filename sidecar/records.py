@@ -14,6 +14,7 @@ import datetime as dt
 from collections import defaultdict
 
 from .. import clock, model
+from ..arrayspec import holds
 from ..jobstates import ENDED, Phase, phase
 from ..model import Attempt, Run, State
 from ..scheduler import JobRecord
@@ -212,7 +213,7 @@ class Answer:
             number = int(task)
             for row, before in rows:
                 if row.lists(number):
-                    return row, not any(number in span for tasks in before for span in tasks)
+                    return row, not any(holds(tasks, number) for tasks in before)
         return None, False
 
     def allocations(self, job_id: str) -> list[JobRecord]:
